@@ -1,0 +1,46 @@
+"""The ``torchsae`` command line: one click group whose subcommands load lazily.
+
+Why lazy: ``torchsae inspect`` on a faceset should not pay for importing torch, and a missing optional
+dependency of one command (DALI, TensorRT) must not break the others. Each command lives in the
+module of this package named in ``COMMANDS``; errors derived from :class:`TorchSAEError` print as one
+line, never as a traceback.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+import click
+
+from torchsae.errors import TorchSAEError
+
+# command name -> "module:attribute" (a click.Command or click.Group)
+COMMANDS: dict[str, str] = {}
+
+
+class LazyGroup(click.Group):
+    """A click group that imports a subcommand's module only when that subcommand runs."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(set(super().list_commands(ctx)) | set(COMMANDS))
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name in COMMANDS:
+            module_name, attr = COMMANDS[cmd_name].split(":")
+            return getattr(importlib.import_module(module_name), attr)
+        return super().get_command(ctx, cmd_name)
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except TorchSAEError as exc:
+            raise click.ClickException(str(exc)) from exc
+
+
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="torchsae")
+def main() -> None:
+    """TorchSAE: DeepFaceLab's SAEHD face swap in PyTorch.
+
+    A = DeepFaceLab's dst (the faces to replace); B = src (the identity rendered in).
+    """
