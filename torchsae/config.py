@@ -220,7 +220,14 @@ class TrainConfig:
     def validate(self) -> None:
         if self.amp not in AMP_MODES:
             raise ConfigError(f"amp {self.amp!r}: must be one of {', '.join(AMP_MODES)}")
-        for name in ("batch_size", "max_steps", "preview_interval", "save_interval", "log_interval", "grad_accum"):
+        for name in (
+            "batch_size",
+            "max_steps",
+            "preview_interval",
+            "save_interval",
+            "log_interval",
+            "grad_accum",
+        ):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.keep < 0:
