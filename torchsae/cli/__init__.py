@@ -15,7 +15,9 @@ import click
 from torchsae.errors import TorchSAEError
 
 # command name -> "module:attribute" (a click.Command or click.Group)
-COMMANDS: dict[str, str] = {}
+COMMANDS: dict[str, str] = {
+    "info": "torchsae.cli.info:info",
+}
 
 
 class LazyGroup(click.Group):
