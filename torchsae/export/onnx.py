@@ -1,0 +1,212 @@
+"""Export a TorchSAE model to ONNX (layout ``torchsae`` or DeepFaceLive ``dfm``), verified first.
+
+The graph is the inference path of spec §2.4: Encoder + Inter + Decoder B on an A face (DeepFaceLab's
+``pred_src_dst``), plus decoder B's swap mask and decoder A's mask of the input face. It takes a
+dynamic batch axis and a fixed height and width.
+
+Exporter choice (measured with torch 2.14): the ``torch.export`` based exporter (``dynamo=True``)
+emits opset 18 natively and its down-conversion to 17 fails on ``ReduceMean`` (axes became an
+input in 18), silently leaving an opset-18 file. So opset 17 uses the TorchScript exporter
+(``dynamo=False``) and opset 18+ uses ``dynamo=True``, falling back to the other path if the first
+one fails. Either way the written file must declare exactly the opset asked for. The DCR
+depth-to-space of the upscalers is a reshape/transpose in the model and exports as Reshape +
+Transpose (no DepthToSpace node), which every runtime handles.
+
+Nothing reaches the output path until the graph has passed ``onnx.checker`` and ONNX Runtime has
+matched PyTorch (``verify.py``); the verified bytes are then written through
+``torchsae.fileio.atomic_write_bytes`` (temp name in the same folder, fsync, rename). A failure
+raises a TorchSAEError and leaves no file and no temporary behind.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import io
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+import torchsae
+from torchsae.config import ExportConfig, ModelConfig
+from torchsae.errors import ConfigError
+from torchsae.export.errors import ExportError, VerificationError
+from torchsae.export.layouts import LAYOUTS, SwapGraph, check_dfm_contract
+from torchsae.export.verify import VerifyReport, verify_onnx
+from torchsae.fileio import atomic_write_bytes
+
+PROTOBUF_LIMIT = 2**31 - 1  # a single-file ONNX model cannot exceed 2 GiB
+BATCH_AXIS = "batch"
+
+
+@dataclass
+class ExportResult:
+    """What ``export_onnx`` wrote and how it was checked."""
+
+    path: Path
+    layout: str
+    dtype: str
+    opset: int
+    exporter: str
+    size_bytes: int
+    metadata: dict[str, str]
+    report: VerifyReport
+
+
+def export_onnx(
+    model: nn.Module,
+    output: str | Path,
+    model_cfg: ModelConfig,
+    *,
+    layout: str = "torchsae",
+    opset: int = 17,
+    dtype: str = "fp32",
+    step: int | None = None,
+    faces: np.ndarray | None = None,
+) -> ExportResult:
+    """Export ``model`` (an ``SAEHD`` with ``.swap``) to ``output``, verify it, then write it atomically.
+
+    ``faces`` are real faces (N, H, W, 3) BGR in [0, 1] to verify on besides the random inputs;
+    ``step`` is the training step recorded in the metadata.
+    """
+    output = Path(output)
+    try:
+        ExportConfig(opset=opset, layout=layout, dtype=dtype).validate()
+    except ConfigError as exc:
+        raise ExportError(f"{output}: {exc}") from exc
+    resolution = model_cfg.resolution
+    model = model.cpu().eval()
+    reference = SwapGraph(model, layout)
+    if dtype == "fp16":
+        graph = SwapGraph(copy.deepcopy(model).half(), layout, torch.float16).eval()
+    else:
+        graph = reference
+    proto, exporter = trace_to_onnx(graph, layout, resolution, opset, str(output))
+    metadata = model_metadata(model_cfg, layout, dtype, opset, step, exporter)
+    _finish_proto(proto, metadata)
+    data = check_proto(proto, opset, str(output))
+    report = verify_onnx(data, reference, layout, resolution, dtype, faces, label=str(output))
+    if layout == "dfm":
+        check_dfm_contract(data)
+    atomic_write_bytes(output, data)
+    return ExportResult(output, layout, dtype, opset, exporter, len(data), metadata, report)
+
+
+def trace_to_onnx(graph: nn.Module, layout: str, resolution: int, opset: int, label: str):
+    """Trace ``graph`` to an ``onnx.ModelProto`` at ``opset``; returns (proto, exporter name)."""
+    order = ("torchscript", "dynamo") if opset == 17 else ("dynamo", "torchscript")
+    errors = []
+    for exporter in order:
+        try:
+            proto = _export_with(exporter, graph, layout, resolution, opset)
+        except Exception as exc:  # exporters raise many types; try the other path, report both
+            errors.append(f"{exporter}: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}")
+            continue
+        got = _default_opset(proto)
+        if got == opset:
+            return proto, exporter
+        errors.append(f"{exporter}: produced opset {got} instead of {opset}")
+    raise ExportError(f"{label}: could not export opset {opset} ({'; '.join(errors)})")
+
+
+def _export_with(exporter: str, graph: nn.Module, layout: str, resolution: int, opset: int):
+    import onnx
+
+    spec = LAYOUTS[layout]
+    sample = torch.rand(spec.input_shape(2, resolution))  # batch 2: torch.export specialises 0 and 1
+    names = dict(input_names=[spec.input_name], output_names=list(spec.output_names), opset_version=opset)
+    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()), torch.no_grad():
+        warnings.simplefilter("ignore")
+        if exporter == "torchscript":
+            buffer = io.BytesIO()
+            axes = {name: {0: BATCH_AXIS} for name in (spec.input_name, *spec.output_names)}
+            torch.onnx.export(
+                graph, (sample,), buffer, dynamo=False, dynamic_axes=axes, do_constant_folding=True, **names
+            )
+            return onnx.load_from_string(buffer.getvalue())
+        batch = torch.export.Dim(BATCH_AXIS, min=1, max=4096)
+        program = torch.onnx.export(
+            graph,
+            (sample,),
+            dynamo=True,
+            dynamic_shapes={"face": {0: batch}},
+            verbose=False,
+            optimize=True,
+            **names,
+        )
+        return program.model_proto
+
+
+def _default_opset(proto) -> int | None:
+    return next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), None)
+
+
+def model_metadata(
+    model_cfg: ModelConfig, layout: str, dtype: str, opset: int, step: int | None, exporter: str
+) -> dict[str, str]:
+    """The model facts stored in the ONNX ``metadata_props`` (all values are strings)."""
+    spec = LAYOUTS[layout]
+    return {
+        "torchsae_version": torchsae.__version__,
+        "archi": model_cfg.archi,
+        "resolution": str(model_cfg.resolution),
+        "face_type": model_cfg.face_type,
+        "ae_dims": str(model_cfg.ae_dims),
+        "e_dims": str(model_cfg.resolved_e_dims),
+        "d_dims": str(model_cfg.resolved_d_dims),
+        "d_mask_dims": str(model_cfg.resolved_d_mask_dims),
+        "channel_order": "BGR",
+        "value_range": "0..1",
+        "layout": layout,
+        "tensor_layout": "NHWC" if spec.channels_last else "NCHW",
+        "dtype": dtype,
+        "io_dtype": "float32",
+        "opset": str(opset),
+        "exporter": exporter,
+        "training_step": "" if step is None else str(int(step)),
+        "input": spec.input_name,
+        "outputs": ",".join(spec.output_names),
+        "swap": "A face in (DeepFaceLab dst) -> B identity out (src): Encoder + Inter + Decoder B",
+    }
+
+
+def _finish_proto(proto, metadata: dict[str, str]) -> None:
+    """Stamp producer, graph name and metadata onto the traced model."""
+    proto.producer_name = "torchsae"
+    proto.producer_version = torchsae.__version__
+    proto.graph.name = "SAEHD"
+    proto.doc_string = "TorchSAE SAEHD face swap: A face in, B identity out (BGR, [0, 1])"
+    del proto.metadata_props[:]
+    for key, value in metadata.items():
+        entry = proto.metadata_props.add()
+        entry.key, entry.value = key, value
+
+
+def check_proto(proto, opset: int, label: str) -> bytes:
+    """Run ``onnx.checker`` (full check, with shape inference) and return the serialized bytes."""
+    import onnx
+
+    if _default_opset(proto) != opset:
+        raise VerificationError(f"{label}: graph declares opset {_default_opset(proto)}, asked for {opset}")
+    size = proto.ByteSize()
+    if size > PROTOBUF_LIMIT:
+        raise ExportError(f"{label}: model is {size / 2**30:.2f} GiB, over ONNX's 2 GiB single-file limit")
+    try:
+        onnx.checker.check_model(proto, full_check=True)
+    except Exception as exc:  # onnx.checker.ValidationError and shape-inference errors
+        raise VerificationError(
+            f"{label}: onnx.checker rejects the graph: {str(exc).splitlines()[0]}"
+        ) from exc
+    return proto.SerializeToString()
+
+
+def read_metadata(path: str | Path) -> dict[str, str]:
+    """The ``metadata_props`` of an ONNX file as a dict (without loading the weights)."""
+    import onnx
+
+    model = onnx.load(str(path), load_external_data=False)
+    return {p.key: p.value for p in model.metadata_props}
