@@ -1,0 +1,214 @@
+"""DeepFaceLab's random geometry (spec §5 ``gen_warp_params`` / ``warp_by_params``) as batched torch.
+
+DeepFaceLab warps each sample with three OpenCV calls: ``remap`` through a random control-point grid
+(the "random warp"), ``warpAffine`` with a random rotation/scale/shift, then a horizontal flip. Here
+the three are composed analytically into ONE sampling grid per sample, so a whole batch of images is
+resampled with a single ``grid_sample`` call per tensor group, on whatever device the batch lives on,
+and the image and its masks share the draw exactly.
+
+Two facts about DeepFaceLab's grid that the fixtures (``tests/fixtures/dfl/warp_params``) pin down and
+that a plain reading of the spec misses:
+
+* ``cv2.resize`` (INTER_LINEAR, half-pixel centres) of the control grid to ``w + cell`` followed by the
+  ``cell/2`` crop places output pixel ``i`` at control coordinate ``(i + 0.5) / cell``, so the
+  undisturbed map is ``i + 0.5``: DFL's warped image is shifted by half a pixel.  We therefore evaluate
+  the map in closed form (bilinear interpolation of the control displacements at that coordinate)
+  instead of resizing and cropping; it equals OpenCV's map to float32 rounding.
+* DFL builds ``mapy`` as a transposed *view* of ``mapx`` before adding the random displacements, so
+  both draws land in the same array: ``dx = (n1 + n2ᵀ)·0.24·cell`` and ``dy = dxᵀ`` (each ``n`` a
+  normal truncated to ±2.5 and divided by 2.5).  The displacement bound is thus ``2·0.24·cell``.
+  ``sample_warp_params`` reproduces this; ``WarpParams`` itself accepts any control displacements.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, replace
+
+import torch
+import torch.nn.functional as F
+
+ROTATION_RANGE = (-10.0, 10.0)  # degrees
+SCALE_RANGE = (1.0 / 1.15, 1.15)  # DFL: uniform(1 / (1 - (-0.15)), 1 + 0.15)
+SHIFT_RANGE = (-0.05, 0.05)  # fraction of w
+FLIP_PROBABILITY = 0.4  # DFL: randint(10) < 4
+WARP_AMPLITUDE = 0.24  # control-point displacement per truncated normal, in cells
+TRUNCATION = 2.5
+MAX_CONTROL = 9  # w / (w/8) + 1: the finest grid; coarser grids use its top-left corner
+MIN_WORK_RES = 64  # DFL augments at >= 64 px and resizes back
+
+
+@dataclass
+class WarpParams:
+    """One random geometric draw per sample, as tensors (CPU or device).
+
+    ``rotation`` degrees, ``scale``, ``tx``/``ty`` as fractions of ``resolution``, ``flip`` bool,
+    ``cell`` the warp-grid cell in pixels, ``disp`` the control-point displacements in pixels,
+    ``[n, 2, 9, 9]`` (channel 0 moves x, channel 1 moves y; row index is y), of which the top-left
+    ``(resolution // cell + 1)²`` block is used.
+    """
+
+    resolution: int
+    rotation: torch.Tensor
+    scale: torch.Tensor
+    tx: torch.Tensor
+    ty: torch.Tensor
+    flip: torch.Tensor
+    cell: torch.Tensor
+    disp: torch.Tensor
+
+    @property
+    def n(self) -> int:
+        return int(self.rotation.shape[0])
+
+    @classmethod
+    def identity(cls, n: int, resolution: int) -> WarpParams:
+        """No rotation, unit scale, no shift, no flip, no grid displacement."""
+        zeros = torch.zeros(n, dtype=torch.float64)
+        return cls(
+            resolution=resolution,
+            rotation=zeros.clone(),
+            scale=torch.ones(n, dtype=torch.float64),
+            tx=zeros.clone(),
+            ty=zeros.clone(),
+            flip=torch.zeros(n, dtype=torch.bool),
+            cell=torch.full((n,), max(resolution // 2, 1), dtype=torch.int64),
+            disp=torch.zeros(n, 2, MAX_CONTROL, MAX_CONTROL, dtype=torch.float64),
+        )
+
+    def to(self, device: torch.device | str) -> WarpParams:
+        """The same draw on another device (draw on CPU, move once: CPU and GPU runs agree)."""
+        moved = {
+            name: getattr(self, name).to(device)
+            for name in ("rotation", "scale", "tx", "ty", "flip", "cell", "disp")
+        }
+        return replace(self, **moved)
+
+    def affine_matrix(self) -> torch.Tensor:
+        """``cv2.getRotationMatrix2D((w//2, w//2), rot, scale)`` plus ``(tx·w, ty·w)``: [n, 2, 3] float64."""
+        w = self.resolution
+        centre = float(w // 2)
+        angle = self.rotation.double() * (math.pi / 180.0)
+        alpha = self.scale.double() * torch.cos(angle)
+        beta = self.scale.double() * torch.sin(angle)
+        row0 = torch.stack([alpha, beta, (1 - alpha) * centre - beta * centre + self.tx.double() * w], -1)
+        row1 = torch.stack([-beta, alpha, beta * centre + (1 - alpha) * centre + self.ty.double() * w], -1)
+        return torch.stack([row0, row1], 1)
+
+
+def _truncated_normal(shape: tuple[int, ...], generator: torch.Generator) -> torch.Tensor:
+    """Standard normal draws rejected outside ±2.5, divided by 2.5 (values in [-1, 1])."""
+    values = torch.randn(shape, generator=generator, dtype=torch.float64)
+    bad = values.abs() > TRUNCATION
+    while bool(bad.any()):
+        fresh = torch.randn(shape, generator=generator, dtype=torch.float64)
+        values = torch.where(bad, fresh, values)
+        bad = values.abs() > TRUNCATION
+    return values / TRUNCATION
+
+
+def dfl_control_displacements(
+    n1: torch.Tensor, n2: torch.Tensor, cell: torch.Tensor, resolution: int
+) -> torch.Tensor:
+    """DFL's aliased control displacements from two [n, 7, 7] truncated-normal draws.
+
+    For a sample with ``c = w // cell + 1`` control points per axis, its interior ``(c-2)²`` points use
+    the top-left block of ``n1``/``n2``: ``dx = (n1 + n2ᵀ)·0.24·cell`` and ``dy = dxᵀ``; the border
+    control points stay fixed. Returns ``[n, 2, 9, 9]`` float64.
+    """
+    n = n1.shape[0]
+    inner = MAX_CONTROL - 2
+    a = torch.zeros(n, MAX_CONTROL, MAX_CONTROL, dtype=torch.float64, device=n1.device)
+    b = torch.zeros_like(a)
+    a[:, 1 : 1 + inner, 1 : 1 + inner] = n1.double()
+    b[:, 1 : 1 + inner, 1 : 1 + inner] = n2.double()
+    count = resolution // cell + 1  # [n]
+    idx = torch.arange(MAX_CONTROL, device=n1.device)
+    inside = (idx >= 1)[None, :] & (idx[None, :] <= (count - 2)[:, None])  # [n, 9]
+    interior = inside[:, :, None] & inside[:, None, :]
+    dx = (a + b.transpose(1, 2)) * (WARP_AMPLITUDE * cell.double())[:, None, None] * interior
+    return torch.stack([dx, dx.transpose(1, 2)], 1)
+
+
+def sample_warp_params(
+    n: int, resolution: int, generator: torch.Generator, *, flip: bool = True
+) -> WarpParams:
+    """Draw ``n`` independent geometric augmentations with SAEHD's ranges (spec §5), on the CPU.
+
+    Resolutions below 64 are drawn at 64, as DeepFaceLab does (``augment_geometry`` resizes around it).
+    The grid draw is made even when the caller will not apply the warp, so switching random_warp off
+    leaves every other draw unchanged.
+    """
+    w = max(resolution, MIN_WORK_RES)
+
+    def uniform(low: float, high: float) -> torch.Tensor:
+        return low + (high - low) * torch.rand(n, generator=generator, dtype=torch.float64)
+
+    rotation = uniform(*ROTATION_RANGE)
+    scale = uniform(*SCALE_RANGE)
+    tx = uniform(*SHIFT_RANGE)
+    ty = uniform(*SHIFT_RANGE)
+    flips = torch.rand(n, generator=generator, dtype=torch.float64) < FLIP_PROBABILITY
+    flips &= bool(flip)
+    cell = w // (2 ** (1 + torch.randint(0, 3, (n,), generator=generator)))
+    inner = MAX_CONTROL - 2
+    n1 = _truncated_normal((n, inner, inner), generator)
+    n2 = _truncated_normal((n, inner, inner), generator)
+    disp = dfl_control_displacements(n1, n2, cell, w)
+    return WarpParams(w, rotation, scale, tx, ty, flips, cell, disp)
+
+
+def _warp_map_at(params: WarpParams, qx: torch.Tensor, qy: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """DFL's remap coordinates at (possibly fractional) pixel positions ``q`` ([n, H, W] each).
+
+    map(q) = q + 0.5 + bilinear(disp, (q + 0.5) / cell), the closed form of resize-and-crop.
+    """
+    cell = params.cell.to(qx.dtype)[:, None, None]
+    ux = (qx + 0.5) / cell
+    uy = (qy + 0.5) / cell
+    # align_corners=True: normalised -1..1 spans control indices 0..8 exactly.
+    grid = torch.stack([ux, uy], -1) * (2.0 / (MAX_CONTROL - 1)) - 1.0
+    disp = params.disp.to(qx.dtype)
+    offset = F.grid_sample(disp, grid, mode="bilinear", padding_mode="border", align_corners=True)
+    return qx + 0.5 + offset[:, 0], qy + 0.5 + offset[:, 1]
+
+
+def warp_maps(params: WarpParams, dtype: torch.dtype = torch.float64) -> tuple[torch.Tensor, torch.Tensor]:
+    """The per-pixel ``mapx, mapy`` ([n, w, w]) DFL feeds to ``cv2.remap``, for checking the grid."""
+    w = params.resolution
+    pix = torch.arange(w, dtype=dtype, device=params.disp.device)
+    qy, qx = torch.meshgrid(pix, pix, indexing="ij")
+    return _warp_map_at(params, qx.expand(params.n, w, w), qy.expand(params.n, w, w))
+
+
+def sampling_grids(
+    params: WarpParams, *, warp: bool, dtype: torch.dtype = torch.float32
+) -> tuple[torch.Tensor | None, torch.Tensor]:
+    """Compose warp → affine → flip into ``grid_sample`` grids (align_corners=False), [n, w, w, 2].
+
+    Returns ``(warped_grid, target_grid)``; ``warped_grid`` is None when ``warp`` is False. An output
+    pixel p reads the affine input at q = A⁻¹(flip(p) − b) (``warpAffine`` without WARP_INVERSE_MAP
+    inverts the matrix); the target samples the source at q, the warped image at map(clamp(q)). The
+    clamp stands in for warpAffine's replicate border on the intermediate remapped image.
+    """
+    w = params.resolution
+    device = params.disp.device
+    mat = params.affine_matrix().to(device)
+    lin = mat[:, :, :2]
+    inv = torch.linalg.inv(lin)  # [n, 2, 2] float64
+    pix = torch.arange(w, dtype=torch.float64, device=device)
+    py, px = torch.meshgrid(pix, pix, indexing="ij")
+    px = torch.where(params.flip.to(device)[:, None, None], (w - 1) - px, px)
+    dx = px - mat[:, 0, 2][:, None, None]
+    dy = py[None] - mat[:, 1, 2][:, None, None]
+    qx = inv[:, 0, 0, None, None] * dx + inv[:, 0, 1, None, None] * dy
+    qy = inv[:, 1, 0, None, None] * dx + inv[:, 1, 1, None, None] * dy
+
+    def normalise(sx: torch.Tensor, sy: torch.Tensor) -> torch.Tensor:
+        return (torch.stack([sx, sy], -1) * 2.0 + 1.0) / w - 1.0
+
+    target = normalise(qx, qy).to(dtype)
+    if not warp:
+        return None, target
+    mx, my = _warp_map_at(params, qx.clamp(0, w - 1), qy.clamp(0, w - 1))
+    return normalise(mx, my).to(dtype), target
