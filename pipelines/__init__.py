@@ -1,0 +1,52 @@
+"""Everything that turns faceset files into training batches.
+
+``make_loader`` is the one switch between the data backends (the DALI examples' dali-gpu / dali-cpu /
+torch pattern): every backend yields ``{"images": uint8 [n,3,R,R] BGR, "indices": int64 [n], "failed":
+int}`` and has ``state_dict`` / ``load_state_dict`` / ``close``. Heavy imports (torch, DALI) happen
+inside the functions so ``torchsae index`` starts fast.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from torchsae.errors import TorchSAEError
+
+LOADER_BACKENDS = ("auto", "dali", "torch")
+
+
+def resolve_backend(backend: str, device: Any) -> str:
+    """``auto`` -> ``dali`` on a CUDA device when DALI is installed, else ``torch``."""
+    import torch
+
+    from pipelines.dali_loader import dali_available
+
+    if backend not in LOADER_BACKENDS:
+        raise TorchSAEError(f"backend {backend!r}: must be one of {', '.join(LOADER_BACKENDS)}")
+    if backend == "auto":
+        return "dali" if torch.device(device).type == "cuda" and dali_available() else "torch"
+    return backend
+
+
+def make_loader(
+    backend: str,
+    index: Any,
+    batch_size: int,
+    rank: int = 0,
+    world_size: int = 1,
+    seed: int = 0,
+    device: Any = "cpu",
+    workers: int = 2,
+) -> Any:
+    """A sharded, endless image loader over ``index`` (a FacesetIndex) for this rank."""
+    import torch
+
+    backend = resolve_backend(backend, device)
+    args = (index.paths, index.resolution, batch_size, rank, world_size, seed, workers)
+    if backend == "dali":
+        from pipelines.dali_loader import DaliLoader
+
+        return DaliLoader(*args, device=device)
+    from pipelines.torch_loader import TorchLoader
+
+    return TorchLoader(*args, pin_memory=torch.device(device).type == "cuda")

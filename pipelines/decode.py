@@ -1,0 +1,44 @@
+"""JPEG decoding to the working resolution with libjpeg-turbo's DCT scaling (torch-free).
+
+Why DCT scaling: a DeepFaceLab faceset is usually 512² JPEGs while training runs at 128 or 256.
+libjpeg-turbo can run the inverse DCT at M/8 of the full size (M = 1..16), which skips most of the
+decoding work and lands exactly on R for 512 → 128/256. Only when no M/8 scale equals R do we decode to
+the smallest scale ≥ R and resize the rest of the way with ``cv2.INTER_CUBIC`` — the interpolation
+DeepFaceLab's SampleProcessor uses for images (spec §5, "cubic for images, linear for masks").
+
+Torch-free so the index builder's worker processes start fast.
+"""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+import simplejpeg
+
+
+def decoded_size(data: bytes, resolution: int) -> tuple[int, int]:
+    """(height, width) that DCT-scaled decoding produces for ``resolution`` (before any resize)."""
+    height, width, _, _ = simplejpeg.decode_jpeg_header(data, min_height=resolution, min_width=resolution)
+    return height, width
+
+
+def decode_bgr(data: bytes, resolution: int, out: np.ndarray | None = None) -> np.ndarray:
+    """Decode JPEG bytes to uint8 BGR (R, R, 3), DCT-scaled to the smallest scale ≥ R, then cubic-resized.
+
+    ``out`` (optional, (R, R, 3) uint8, C-contiguous) receives the result, without a copy when the
+    DCT scale hits R exactly. Raises ValueError on a corrupt or truncated JPEG (simplejpeg ``strict``).
+    """
+    height, width = decoded_size(data, resolution)
+    if height == resolution and width == resolution and out is not None:
+        return simplejpeg.decode_jpeg(
+            data, colorspace="BGR", min_height=resolution, min_width=resolution, buffer=out, strict=True
+        )
+    image = simplejpeg.decode_jpeg(
+        data, colorspace="BGR", min_height=resolution, min_width=resolution, strict=True
+    )
+    if image.shape[0] != resolution or image.shape[1] != resolution:
+        image = cv2.resize(image, (resolution, resolution), interpolation=cv2.INTER_CUBIC)
+    if out is not None:
+        out[...] = image
+        return out
+    return image
