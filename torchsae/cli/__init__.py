@@ -17,6 +17,8 @@ from torchsae.errors import TorchSAEError
 # command name -> "module:attribute" (a click.Command or click.Group)
 COMMANDS: dict[str, str] = {
     "info": "torchsae.cli.info:info",
+    "export": "torchsae.cli.export:export_cmd",
+    "build-engine": "torchsae.cli.export:build_engine_cmd",
 }
 
 
