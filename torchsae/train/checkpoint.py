@@ -183,3 +183,14 @@ def restore_rng_state(state: Mapping[str, Any]) -> None:
     cuda = state.get("cuda")
     if cuda is not None and torch.cuda.is_available() and len(cuda) == torch.cuda.device_count():
         torch.cuda.set_rng_state_all(cuda)
+
+
+def remove_stale_temp_files(models_dir: str | Path) -> list[Path]:
+    """Delete temporary files a killed save left behind (``.last.pth.*.tmp`` and link temps)."""
+    removed = []
+    for entry in Path(models_dir).glob(".*.tmp"):
+        if entry.name.startswith((f".{LAST_NAME}.", ".step_")):
+            with contextlib.suppress(FileNotFoundError):
+                entry.unlink()
+                removed.append(entry)
+    return removed

@@ -1,0 +1,100 @@
+"""Resolve one run's Config from defaults, a preset, a YAML file, command-line flags and a checkpoint.
+
+Precedence, lowest first: ``Config()`` defaults -> ``--model-size`` preset -> ``--config FILE`` ->
+explicit flags. When resuming, the checkpoint's stored config replaces the first two, so
+``torchsae train --resume models/last.pth`` needs no other flag; anything given explicitly still
+overrides it (e.g. a larger ``--max-steps``), except the architecture: a flag or file that
+contradicts the checkpoint's model is an error naming both values.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from torchsae.config import Config, load_config, preset
+from torchsae.errors import ConfigError
+from torchsae.train.checkpoint import find_last_checkpoint, load_checkpoint
+
+Overrides = dict[str, dict[str, Any]]
+
+
+def _raw_file_overrides(path: Path) -> Overrides:
+    """The sections and keys the YAML file sets explicitly (validated through ``load_config``)."""
+    load_config(path)  # full validation with errors naming the file
+    import json
+
+    import yaml
+
+    text = path.read_text()
+    data = json.loads(text) if path.suffix.lower() == ".json" else yaml.safe_load(text)
+    return {section: dict(values or {}) for section, values in (data or {}).items()}
+
+
+def merge_overrides(*layers: Overrides) -> Overrides:
+    """Later layers win key by key; ``None`` values mean "not given" and are dropped."""
+    merged: Overrides = {}
+    for layer in layers:
+        for section, values in layer.items():
+            for key, value in values.items():
+                if value is not None:
+                    merged.setdefault(section, {})[key] = value
+    return merged
+
+
+def architecture_conflicts(stored: dict[str, Any], wanted: dict[str, Any]) -> list[str]:
+    """``'key: checkpoint X, asked Y'`` for every model field that differs."""
+    return [
+        f"{key}: checkpoint {stored.get(key)!r}, asked {wanted.get(key)!r}"
+        for key in sorted(set(stored) | set(wanted))
+        if stored.get(key) != wanted.get(key)
+    ]
+
+
+def resolve_run_config(
+    flags: Overrides,
+    *,
+    config_file: str | Path | None = None,
+    model_size: int | None = None,
+    resume: str | Path | None = None,
+) -> tuple[Config, Path | None]:
+    """Return the validated Config and the checkpoint to resume from (None for a fresh run).
+
+    ``flags`` holds only the options given on the command line (``{section: {key: value}}``).
+    Without ``resume``, the run folder's ``models/last.pth`` is resumed automatically when present,
+    which is what a restarted ``torchrun --max-restarts`` job relies on.
+    """
+    file_layer = _raw_file_overrides(Path(config_file)) if config_file is not None else {}
+    explicit = merge_overrides(file_layer, flags)
+    if resume is not None:
+        resume = Path(resume)
+        if "run_dir" not in explicit.get("train", {}) and resume.parent.name == "models":
+            explicit = merge_overrides(explicit, {"train": {"run_dir": str(resume.parent.parent)}})
+    else:
+        run_dir = explicit.get("train", {}).get("run_dir", Config().train.run_dir)
+        resume = find_last_checkpoint(run_dir)
+
+    if resume is None:
+        base = Config()
+        if model_size is not None:
+            base.model = preset(model_size)
+        config = base.updated(explicit)
+        return config.validate(), None
+
+    stored = load_checkpoint(resume)["config"]
+    try:
+        base = Config.from_dict(stored)
+    except ConfigError as exc:
+        raise ConfigError(f"{resume}: the stored config is invalid: {exc}") from exc
+    wanted_model = dict(stored["model"])
+    if model_size is not None:
+        wanted_model.update(preset(model_size).__dict__)
+    wanted_model.update(explicit.get("model", {}))
+    conflicts = architecture_conflicts(stored["model"], wanted_model)
+    if conflicts:
+        raise ConfigError(
+            f"{resume}: the command contradicts the checkpoint's architecture ({'; '.join(conflicts)}); "
+            "drop those options to resume, or start a new run in another --run-dir"
+        )
+    config = base.updated(explicit)
+    return config.validate(), resume
