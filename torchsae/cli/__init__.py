@@ -19,6 +19,7 @@ COMMANDS: dict[str, str] = {
     "info": "torchsae.cli.info:info",
     "export": "torchsae.cli.export:export_cmd",
     "build-engine": "torchsae.cli.export:build_engine_cmd",
+    "train": "torchsae.cli.train:train_cmd",
 }
 
 
