@@ -112,11 +112,16 @@ def compat_dumps(obj: object) -> bytes:
     """Pickle ``obj`` with protocol 4 so that numpy-1.x DeepFaceLab can read it.
 
     numpy arrays and scalars are written through ``numpy.core.multiarray`` names; the output never
-    contains ``numpy._core``. Arrays of subclasses (e.g. masked arrays) are refused with TypeError.
+    contains ``numpy._core``. Objects that :func:`restricted_loads` would refuse (any other global,
+    e.g. a masked array or a custom class) raise TypeError instead of writing a file we cannot read.
     """
     buffer = io.BytesIO()
     _CompatPickler(buffer, protocol=4).dump(obj)
     data = buffer.getvalue()
-    if b"numpy._core" in data:  # e.g. an ndarray subclass reduced by numpy itself
+    if b"numpy._core" in data:
         raise TypeError("compat_dumps: object holds a numpy type that cannot be written for numpy 1.x")
+    try:
+        restricted_loads(data, "compat_dumps")
+    except UnsafePickleError as exc:
+        raise TypeError(f"compat_dumps: {exc}") from None
     return data
