@@ -315,6 +315,8 @@ def _build_locked(
             skipped[name] = old_skipped[name]
         else:
             todo.append(name)
+    if old is not None and not todo and len(reused) == len(old.entries) and len(skipped) == len(old.skipped):
+        return BuildReport(old, processed=0, reused=len(reused))  # up to date: keep the live generation
     new: dict[str, Indexed] = {}
     for result in _run_jobs([str(root / n) for n in todo], resolution, policy, workers, progress):
         if isinstance(result, Indexed):
