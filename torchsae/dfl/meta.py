@@ -41,7 +41,8 @@ _FIELD_FOR_KEY = {key: ("xseg_mask_buf" if key == "xseg_mask" else key) for key 
 class DFLMeta:
     """The metadata of one DeepFaceLab face image.
 
-    ``has_metadata`` is False for a JPEG without an APP15 segment. ``xseg_mask_buf`` is the stored,
+    ``has_metadata`` is False for a JPEG without an APP15 segment or with an empty dict in it (what
+    DeepFaceLab's ``has_data`` says). ``xseg_mask_buf`` is the stored,
     encoded mask (a uint8 array of PNG or JPEG bytes); :meth:`xseg_mask` decodes it. ``image_hw`` is
     the JPEG frame size, read from the file and never stored in the metadata.
     """
@@ -96,7 +97,7 @@ class DFLMeta:
     @classmethod
     def from_dict(cls, data: dict[str, Any], source: str, image_hw: tuple[int, int] | None = None) -> DFLMeta:
         """Build from an unpickled APP15 dict; malformed known keys raise DFLFormatError naming ``source``."""
-        meta = cls(has_metadata=True, image_hw=image_hw)
+        meta = cls(has_metadata=bool(data), image_hw=image_hw)
         for key, value in data.items():
             if key not in _FIELD_FOR_KEY:
                 meta.extra[key] = value
@@ -210,14 +211,15 @@ def save_meta(path: str | Path, meta: DFLMeta) -> None:
     """Write ``meta`` into the JPEG at ``path``, replacing its APP15 segment; the image bytes are kept.
 
     The file is replaced atomically: on any failure (payload over 65533 bytes, disk errors) the
-    original is left byte-identical. Metadata with no keys and ``has_metadata=False`` removes APP15.
+    original is left byte-identical. Metadata with no keys left removes the APP15 segment (DeepFaceLab
+    reads a JPEG without APP15 as an empty dict, so this is the same to it, and the file shrinks back).
     """
     path = Path(path)
     source = str(path)
     data = _read(path)
     values = meta.to_dict()
     payload = None
-    if values or meta.has_metadata:
+    if values:
         try:
             payload = compat_dumps(values)
         except (TypeError, AttributeError, ValueError) as exc:
