@@ -1,0 +1,226 @@
+"""Write the synthetic demo faceset: DeepFaceLab-format A and B folders plus held-out truth pairs.
+
+Layout of ``out_dir`` (count faces per identity, truth_count pairs)::
+
+    A/00000.jpg ...        identity A, one independent scene per file (DeepFaceLab whole_face JPEGs)
+    B/00000.jpg ...        identity B, its own independent scenes from the same distribution
+    truth/0000_a.jpg       held-out scene 0 rendered as A ...
+    truth/0000_b.jpg       ... and the *same* scene rendered as B: the ideal A->B swap of 0000_a.jpg
+    truth/0000_mask.png    pixels that are face in both renders (8-bit, 0/255, 512x512)
+    truth/manifest.json    identities, scenes and file names of the pairs
+    demo_faceset.json      written last: the parameters, so an identical request can reuse the folder
+
+Every JPEG is what DeepFaceLab's extractor plus XSeg apply would leave: OpenCV quality-90 JPEG of the
+512x512 ``whole_face`` crop with an APP15 dict holding face_type, landmarks, source_filename,
+source_rect, source_landmarks, image_to_face_mat and a 256x256 binary xseg_mask. There is no
+separate source frame for synthetic faces: the crop *is* the frame, so ``image_to_face_mat`` is the
+identity matrix, ``source_landmarks`` equal ``landmarks`` and ``source_rect`` is the landmarks' box.
+
+Determinism: each file's scene comes from its own generator seeded by (seed, kind, identity, index),
+so the bytes depend only on those, not on the worker count or the order of work.
+"""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import re
+import time
+import zlib
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from torchsae.demo.params import Scene, identity_for, sample_scene
+from torchsae.demo.render import RenderedFace, render_face
+from torchsae.dfl.jpeg import replace_app15
+from torchsae.dfl.meta import DFLMeta, encode_xseg_mask
+from torchsae.dfl.unpickle import compat_dumps
+from torchsae.errors import TorchSAEError
+from torchsae.fileio import atomic_write_bytes, atomic_write_text
+
+FORMAT = "torchsae-demo-faceset"
+VERSION = 1
+JPEG_QUALITY = 90  # DeepFaceLab's extractor default
+XSEG_SIZE = 256  # DeepFaceLab's XSeg apply always stores 256x256 masks
+_FACESET_KIND, _TRUTH_KIND = 0, 1
+_OUR_FILES = re.compile(r"^(\d{5}\.jpg|\d{4}_(a|b)\.jpg|\d{4}_mask\.png|manifest\.json)$")
+
+
+@dataclass(frozen=True)
+class DemoFaceset:
+    """Where a demo faceset was written and what it holds."""
+
+    root: Path
+    identities: tuple[str, str]
+    count: int
+    truth_count: int
+    seed: int
+    seconds: float  # wall time of the generation (0 when an existing folder was reused)
+
+    @property
+    def dirs(self) -> tuple[Path, Path]:
+        """The A and B faceset folders."""
+        return self.root / self.identities[0], self.root / self.identities[1]
+
+    @property
+    def truth_dir(self) -> Path:
+        return self.root / "truth"
+
+
+def scene_for(seed: int, kind: int, name: str, index: int) -> Scene:
+    """The scene of one file; its own generator makes every file independent of every other."""
+    key = [int(seed) & 0xFFFFFFFF, kind, zlib.crc32(name.encode("utf-8")), int(index)]
+    return sample_scene(np.random.default_rng(key))
+
+
+def encode_face(face: RenderedFace, source_filename: str, path_for_errors: str) -> bytes:
+    """The complete DeepFaceLab JPEG (image + APP15 metadata) of a rendered face, in memory."""
+    ok, jpeg = cv2.imencode(".jpg", face.image, [int(cv2.IMWRITE_JPEG_QUALITY), JPEG_QUALITY])
+    if not ok:
+        raise TorchSAEError(f"{path_for_errors}: OpenCV could not encode the JPEG")
+    lm = face.landmarks.astype(np.float32)
+    meta = DFLMeta(
+        has_metadata=True,
+        face_type="whole_face",
+        landmarks=lm,
+        source_filename=source_filename,
+        source_rect=np.array(
+            [
+                np.floor(lm[:, 0].min()),
+                np.floor(lm[:, 1].min()),
+                np.ceil(lm[:, 0].max()),
+                np.ceil(lm[:, 1].max()),
+            ],
+            dtype=np.int64,
+        ),
+        source_landmarks=lm.copy(),
+        image_to_face_mat=np.array([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]]),
+        xseg_mask_buf=encode_xseg_mask(face.xseg_mask(XSEG_SIZE)),
+    )
+    return replace_app15(jpeg.tobytes(), compat_dumps(meta.to_dict()), path_for_errors)
+
+
+def _faceset_item(job: tuple[Path, int, str, int]) -> None:
+    folder, seed, name, index = job
+    path = folder / f"{index:05d}.jpg"
+    face = render_face(identity_for(name), scene_for(seed, _FACESET_KIND, name, index))
+    atomic_write_bytes(path, encode_face(face, f"{index:05d}.png", str(path)))
+
+
+def _truth_item(job: tuple[Path, int, tuple[str, str], int]) -> dict:
+    folder, seed, (name_a, name_b), index = job
+    scene = scene_for(seed, _TRUTH_KIND, "truth", index)
+    masks = []
+    for name, tag in ((name_a, "a"), (name_b, "b")):
+        path = folder / f"{index:04d}_{tag}.jpg"
+        face = render_face(identity_for(name), scene)
+        atomic_write_bytes(path, encode_face(face, f"truth_{index:04d}.png", str(path)))
+        masks.append(face.mask)
+    both = (masks[0] & masks[1]) * np.uint8(255)
+    ok, png = cv2.imencode(".png", both)
+    atomic_write_bytes(folder / f"{index:04d}_mask.png", png.tobytes())
+    return {
+        "index": index,
+        "a": f"{index:04d}_a.jpg",
+        "b": f"{index:04d}_b.jpg",
+        "mask": f"{index:04d}_mask.png",
+        "scene": scene.to_dict(),
+    }
+
+
+def _run(func, jobs: list, workers: int) -> list:
+    if workers <= 1 or len(jobs) < 2:
+        return [func(job) for job in jobs]
+    with multiprocessing.get_context("spawn").Pool(workers) as pool:
+        return pool.map(func, jobs, chunksize=max(1, len(jobs) // (4 * workers)))
+
+
+def _check_target(root: Path, params: dict, overwrite: bool) -> bool:
+    """True when ``root`` already holds exactly this faceset; raise when it holds something else."""
+    stamp = root / "demo_faceset.json"
+    if stamp.is_file() and not overwrite:
+        try:
+            if json.loads(stamp.read_text("utf-8")) == params:
+                return True
+        except (OSError, ValueError):
+            pass
+    folders = [root / name for name in (*params["identities"], "truth")]
+    for folder in folders:
+        if not folder.is_dir():
+            continue
+        files = [p for p in folder.iterdir() if not p.name.startswith(".")]
+        foreign = [p for p in files if not _OUR_FILES.match(p.name)]
+        if foreign:
+            raise TorchSAEError(
+                f"{folder}: holds files the demo did not write (e.g. {foreign[0].name}); choose another folder"
+            )
+        if files and not overwrite:
+            raise TorchSAEError(
+                f"{folder}: already holds a different demo faceset; pass overwrite (--overwrite) to replace it"
+            )
+        for p in files:  # only our own generated names, so a smaller count leaves no stale faces behind
+            p.unlink()
+    return False
+
+
+def make_demo_faceset(
+    out_dir: str | Path,
+    count: int,
+    seed: int = 0,
+    identities: Sequence[str] = ("A", "B"),
+    truth_count: int | None = None,
+    workers: int = 1,
+    overwrite: bool = False,
+) -> DemoFaceset:
+    """Render ``count`` faces per identity and ``truth_count`` held-out pairs into ``out_dir``.
+
+    ``truth_count`` defaults to min(count, 32). Identities "A" and "B" are fixed presets; other names
+    get a person derived from the name. Re-running with the same arguments reuses a complete folder;
+    a folder holding a different demo faceset is replaced only with ``overwrite=True``.
+    """
+    if len(identities) != 2 or identities[0] == identities[1]:
+        raise TorchSAEError(f"identities {tuple(identities)!r}: need two different names (A and B)")
+    if count < 1:
+        raise TorchSAEError(f"count {count}: need at least one face per identity")
+    truth_count = min(count, 32) if truth_count is None else int(truth_count)
+    if truth_count < 0:
+        raise TorchSAEError(f"truth_count {truth_count}: must be 0 or more")
+    root = Path(out_dir)
+    names = (str(identities[0]), str(identities[1]))
+    params = {
+        "format": FORMAT,
+        "version": VERSION,
+        "count": int(count),
+        "truth_count": truth_count,
+        "seed": int(seed),
+        "identities": list(names),
+    }
+    result = DemoFaceset(root, names, int(count), truth_count, int(seed), 0.0)
+    if _check_target(root, params, overwrite):
+        return result
+    start = time.perf_counter()
+    jobs = [(root / name, int(seed), name, i) for name in names for i in range(count)]
+    for name in names:
+        (root / name).mkdir(parents=True, exist_ok=True)
+    _run(_faceset_item, jobs, workers)
+    truth = root / "truth"
+    truth.mkdir(parents=True, exist_ok=True)
+    items = _run(_truth_item, [(truth, int(seed), names, i) for i in range(truth_count)], workers)
+    manifest = {
+        "format": "torchsae-demo-truth",
+        "version": VERSION,
+        "seed": int(seed),
+        "resolution": 512,
+        "face_type": "whole_face",
+        "about": "Each item is one held-out scene rendered as identity a and as identity b: b is the ideal "
+        "swap of a. mask = pixels that are face (skin, no hair) in both renders.",
+        "identities": {"a": identity_for(names[0]).to_dict(), "b": identity_for(names[1]).to_dict()},
+        "items": items,
+    }
+    atomic_write_text(truth / "manifest.json", json.dumps(manifest, indent=1))
+    atomic_write_text(root / "demo_faceset.json", json.dumps(params, indent=1))
+    return DemoFaceset(root, names, int(count), truth_count, int(seed), time.perf_counter() - start)
