@@ -20,6 +20,7 @@ COMMANDS: dict[str, str] = {
     "export": "torchsae.cli.export:export_cmd",
     "build-engine": "torchsae.cli.export:build_engine_cmd",
     "train": "torchsae.cli.train:train_cmd",
+    "demo": "torchsae.cli.demo:demo_cmd",
     "index": "torchsae.cli.data:index_cmd",
     "bench": "torchsae.cli.bench:bench",
 }
