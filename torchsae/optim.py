@@ -128,12 +128,14 @@ class _DFLOptimizer(Optimizer):
 
     @staticmethod
     def _apply(params: list, numer: list, denom: list, lr: float, masks: list | None) -> None:
-        """``w ← w - lr·numer/denom`` (times the dropout mask when there is one)."""
-        if masks is None:
-            torch._foreach_addcdiv_(params, numer, denom, value=-lr)
-            return
+        """``w ← w - lr·(numer/denom)`` (times the dropout mask when there is one).
+
+        The same arithmetic with and without a mask (not a fused addcdiv in one case only), so a kept
+        weight moves by exactly the amount it would without lr dropout.
+        """
         update = torch._foreach_div(numer, denom)
-        torch._foreach_mul_(update, masks)
+        if masks is not None:
+            torch._foreach_mul_(update, masks)
         torch._foreach_add_(params, update, alpha=-lr)
 
     def state_dict(self) -> dict[str, Any]:
