@@ -23,6 +23,8 @@ COMMANDS: dict[str, str] = {
     "demo": "torchsae.cli.demo:demo_cmd",
     "index": "torchsae.cli.data:index_cmd",
     "bench": "torchsae.cli.bench:bench",
+    "inspect": "torchsae.cli.faceset:inspect_cmd",
+    "xseg": "torchsae.cli.faceset:xseg_group",
 }
 
 
