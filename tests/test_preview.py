@@ -26,7 +26,7 @@ def test_mask_overlay_formula() -> None:
 
 
 def test_grid_places_each_column_and_row() -> None:
-    n, res = 4, 64
+    n, res = 4, 128
     columns = [torch.full((n, 3, res, res), c / 10.0) for c in range(7)]
     columns[0][2, 1] = 1.0  # row 2 of column 0: green channel fully on
     grid = pv.compose_grid(columns)
@@ -44,6 +44,15 @@ def test_grid_places_each_column_and_row() -> None:
     for c in range(7):
         strip = grid[:header, c * res : (c + 1) * res]
         assert strip.min() < 128 and strip.max() == 255
+
+
+def test_small_cells_are_enlarged_pixel_for_pixel() -> None:
+    columns = [torch.rand(2, 3, 32, 32) for _ in range(7)]
+    grid = pv.compose_grid(columns, min_cell=128)
+    header = grid.shape[0] - 2 * 128
+    assert grid.shape[1] == 7 * 128
+    small = pv.compose_grid(columns, min_cell=0)
+    assert np.array_equal(grid[header::4, ::4], small[small.shape[0] - 64 :])
 
 
 def test_preview_columns_come_from_the_model() -> None:

@@ -1,30 +1,50 @@
 """The trainer's two views of the data: the per-rank training stream and the fixed preview set.
 
-Kept apart from the loop so the loop does not depend on how the pipelines package builds batches.
+Why the preview set is read here and not drawn from the training stream: it must be the same faces at
+every preview and after every resume, and taking it must not move the stream or any random generator
+(that would break bit-exact resume). So it decodes ``count`` evenly spaced files of each side directly,
+unwarped, with their index masks — deterministic and free of randomness.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
 import torch
 
 from torchsae.config import Config
-from torchsae.errors import ConfigError
 from torchsae.train.dist import DistInfo
 
 
 def make_train_batches(cfg: Config, info: DistInfo) -> Any:
-    """This rank's endless stream of Batch dicts (``next()``, ``state_dict``, ``load_state_dict``, ``close``)."""
-    if not cfg.data.data_dir_a or not cfg.data.data_dir_b:
-        raise ConfigError("data.data_dir_a and data.data_dir_b: both facesets are needed (--data-dir-a/-b)")
-    from pipelines.batch import TrainBatches
+    """This rank's endless Batch stream (``next``, ``state_dict``, ``load_state_dict``, ``close``)."""
+    from pipelines.batch import make_train_batches as make
 
-    return TrainBatches(cfg, rank=info.rank, world_size=info.world_size, device=info.device)
+    return make(cfg, rank=info.rank, world_size=info.world_size, device=info.device, progress=info.is_main)
 
 
 def make_preview_samples(cfg: Config, count: int, device: torch.device) -> dict[str, torch.Tensor]:
-    """``count`` fixed, unwarped faces per side with their masks, the same every time the run starts."""
-    from pipelines.batch import preview_samples
+    """``target_a, mask_a, target_b, mask_b`` for ``count`` fixed faces per side (BGR [0,1], NCHW)."""
+    resolution = cfg.model.resolution
+    if cfg.data.backend == "synthetic":
+        generator = torch.Generator().manual_seed(cfg.train.seed)
+        out = {}
+        for side in ("a", "b"):
+            out[f"target_{side}"] = torch.rand(count, 3, resolution, resolution, generator=generator)
+            out[f"mask_{side}"] = torch.rand(count, 1, resolution, resolution, generator=generator)
+        return {k: v.to(device) for k, v in out.items()}
 
-    return preview_samples(cfg, count, device)
+    from pipelines.decode import decode_bgr
+    from pipelines.index import ensure_index
+
+    out = {}
+    for side, folder in (("a", cfg.data.data_dir_a), ("b", cfg.data.data_dir_b)):
+        index = ensure_index(folder, resolution, cfg.data.mask_policy, progress=False)
+        rows = np.unique(np.linspace(0, len(index) - 1, num=count).round().astype(np.int64))
+        paths = index.paths
+        images = np.stack([decode_bgr(open(paths[i], "rb").read(), resolution) for i in rows])
+        masks = index.gather_masks(rows)[:, :1]
+        out[f"target_{side}"] = torch.from_numpy(images).permute(0, 3, 1, 2).float().div(255.0).to(device)
+        out[f"mask_{side}"] = torch.from_numpy(masks).float().div(255.0).to(device)
+    return out

@@ -78,14 +78,24 @@ def _header(labels: Sequence[str], cell: int) -> np.ndarray:
     return strip
 
 
-def compose_grid(columns: Sequence[torch.Tensor], labels: Sequence[str] = COLUMNS) -> np.ndarray:
-    """Tile (N,3,H,W) BGR [0,1] columns into one HxWx3 uint8 BGR image under a labelled header."""
+def compose_grid(
+    columns: Sequence[torch.Tensor], labels: Sequence[str] = COLUMNS, min_cell: int = 128
+) -> np.ndarray:
+    """Tile (N,3,H,W) BGR [0,1] columns into one HxWx3 uint8 BGR image under a labelled header.
+
+    Cells smaller than ``min_cell`` pixels are enlarged by an integer factor (nearest neighbour, so
+    pixels stay pixels) to keep the labels readable at small training resolutions.
+    """
     if len(columns) != len(labels):
         raise ValueError(f"{len(columns)} columns but {len(labels)} labels")
     rows = [torch.cat(list(row), dim=2) for row in zip(*[c.unbind(0) for c in columns], strict=True)]
     body = torch.cat(rows, dim=1)  # (3, N*H, 7*W)
     image = (body.permute(1, 2, 0).numpy() * 255.0 + 0.5).astype(np.uint8)
-    return np.concatenate([_header(labels, columns[0].shape[-1]), image], axis=0)
+    cell = columns[0].shape[-1]
+    factor = max(1, math.ceil(min_cell / cell))
+    if factor > 1:
+        image = cv2.resize(image, None, fx=factor, fy=factor, interpolation=cv2.INTER_NEAREST)
+    return np.concatenate([_header(labels, cell * factor), image], axis=0)
 
 
 def loss_curve_image(
