@@ -6,6 +6,7 @@ import itertools
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from torchsae.config import ModelConfig
 from torchsae.errors import ConfigError
@@ -152,14 +153,20 @@ def test_state_dict_names_mirror_deepfacelab() -> None:
     } <= liae
 
 
-def test_code_discriminator_shapes() -> None:
-    """n = 1 + code_res // 8 stride-2 convs; logits with one channel."""
+def test_code_discriminator_by_hand() -> None:
+    """n = 1 + code_res // 8 stride-2 convs (4×4 then 3×3, symmetric k//2 padding), lrelu 0.1, 1×1 out."""
+    torch.manual_seed(0)
     disc = CodeDiscriminator(16, 16, ch=8)
-    assert len(disc.convs) == 3
     assert [c.out_channels for c in disc.convs] == [8, 16, 32]
-    assert disc.convs[0].kernel_size == (4, 4) and disc.convs[1].kernel_size == (3, 3)
-    logits = disc(torch.randn(2, 16, 16, 16))
-    assert logits.shape[:2] == (2, 1) and logits.shape[-1] <= 3
+    assert [c.kernel_size for c in disc.convs] == [(4, 4), (3, 3), (3, 3)]
+    code = torch.randn(2, 16, 16, 16)
+    x = code
+    for conv in disc.convs:
+        k = conv.kernel_size[0]
+        x = F.leaky_relu(F.conv2d(F.pad(x, [k // 2] * 4), conv.weight, conv.bias, stride=2), 0.1)
+    expected = F.conv2d(x, disc.out_conv.weight, disc.out_conv.bias)
+    torch.testing.assert_close(disc(code), expected)
+    assert expected.shape == (2, 1, 3, 3)
     assert len(CodeDiscriminator(16, 4, ch=8).convs) == 1
 
 
