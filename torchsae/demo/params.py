@@ -150,7 +150,7 @@ PRESETS: dict[str, Identity] = {
         lips=(120.0, 120.0, 200.0),
         hair=(40.0, 80.0, 140.0),
         hair_style="fringe",
-        hairline=150.0,
+        hairline=120.0,
         ear_size=30.0,
     ),
     "B": Identity(
@@ -180,7 +180,7 @@ PRESETS: dict[str, Identity] = {
         lips=(85.0, 85.0, 150.0),
         hair=(25.0, 25.0, 30.0),
         hair_style="short",
-        hairline=175.0,
+        hairline=128.0,
         ear_size=34.0,
     ),
 }
@@ -227,7 +227,7 @@ def random_identity(name: str, rng: np.random.Generator) -> Identity:
         lips=(float(skin[0] * 0.8), float(skin[1] * 0.72), float(min(255.0, skin[2] * 0.98))),
         hair=tuple(float(c) for c in hair_palette[int(rng.integers(len(hair_palette)))]),
         hair_style=HAIR_STYLES[int(rng.integers(len(HAIR_STYLES)))],
-        hairline=u(140, 180),
+        hairline=u(108, 140),
         ear_size=u(28, 35),
     )
 

@@ -89,7 +89,7 @@ def _hair(img: np.ndarray, poly: np.ndarray, color, rng: np.random.Generator, ou
     _fill(img, catmull_rom(poly, 4, closed=True), color)
     outer, inner = poly[:outer_n], poly[outer_n:][::-1]
     n = 45
-    t = rng.uniform(0.03, 0.97, n)
+    t = rng.uniform(0.12, 0.88, n)  # away from the temples, where the band is concave
     a = outer[(t * (len(outer) - 1)).astype(int)]
     b = inner[np.clip(((t + rng.normal(0, 0.04, n)) * (len(inner) - 1)).astype(int), 0, len(inner) - 1)]
     m = (a + b) / 2 + rng.normal(0, 6, (n, 2))
