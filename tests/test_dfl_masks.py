@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 
 from torchsae.dfl.errors import DFLFormatError
+from torchsae.dfl.geometry import face_transform_mat, transform_points
 from torchsae.dfl.masks import (
     eyes_mouth_mask,
     eyes_mouth_mask_at,
@@ -136,3 +137,22 @@ def test_soft_xseg_is_cubic_resized_and_clipped() -> None:
     assert cubic.min() < 0 or cubic.max() > 1  # premise: the overshoot exists
     full = full_face_mask_at(meta, (512, 512), 512)
     np.testing.assert_array_equal(full[..., 0], np.clip(cubic, 0, 1))
+
+
+def test_recrop_to_another_face_type() -> None:
+    """A whole_face file trained as full_face: the warped hull mask agrees with a hull drawn directly
+    from the landmarks moved into the full_face crop (IoU measured 0.978; bound 0.95)."""
+    meta = load_meta(FIXTURES / "dfl_wf_07_noxseg_iepolys.jpg")
+    same = face_masks_at(meta, meta.image_hw, 128, face_type="wf")
+    for got, ref in zip(same, face_masks_at(meta, meta.image_hw, 128), strict=True):
+        np.testing.assert_array_equal(got, ref)
+    full, em = face_masks_at(meta, meta.image_hw, 128, face_type="f")
+    mat = face_transform_mat(meta.landmarks, 128, "full_face")
+    direct = hull_mask(transform_points(meta.landmarks, mat), (128, 128)) > 0
+    warped = full > 0.5
+    iou = (direct & warped).sum() / (direct | warped).sum()
+    assert iou > 0.95
+    assert warped.sum() > same[0].sum() * 1.2  # a tighter crop: the face fills more of the frame
+    assert em.max() == 1.0 and np.array_equal(
+        full_face_mask_at(meta, meta.image_hw, 128, face_type="f"), full
+    )

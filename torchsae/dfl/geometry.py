@@ -151,3 +151,20 @@ def face_transform_mat(landmarks: np.ndarray, size: int, face_type: str) -> np.n
         across = (tr - bl) / np.linalg.norm(tr - bl)
     corners = np.array([centre - down * half_diag, centre + across * half_diag, centre + down * half_diag])
     return _affine_from_3_points(corners, np.array([(0.0, 0.0), (size, 0.0), (size, size)]))
+
+
+def recrop_mat(
+    landmarks: np.ndarray, file_face_type: str, resolution: int, face_type: str | None
+) -> np.ndarray | None:
+    """The (2, 3) affine from a stored face crop to a ``resolution`` crop of another face type.
+
+    None when ``face_type`` is None or names the file's own type: then DeepFaceLab just resizes (cubic
+    for images, linear for masks). Otherwise it warps with this matrix (images: cubic, replicate
+    border; masks: linear, zero border). Short and long face type names are both accepted.
+    """
+    if face_type is None:
+        return None
+    wanted = SHORT_FACE_TYPES.get(face_type, face_type)
+    if wanted == SHORT_FACE_TYPES.get(file_face_type, file_face_type):
+        return None
+    return face_transform_mat(landmarks, resolution, wanted)

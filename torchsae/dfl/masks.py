@@ -14,6 +14,7 @@ import cv2
 import numpy as np
 
 from torchsae.dfl.errors import DFLFormatError
+from torchsae.dfl.geometry import recrop_mat
 from torchsae.dfl.meta import DFLMeta, decode_xseg_mask
 
 # Landmark groups (68-point iBUG layout) whose convex hulls together make the face hull. Each tuple
@@ -116,16 +117,39 @@ def _face_mask_at_image_size(
     return hull_mask(meta.landmarks, (h, w), meta.resolved_eyebrows_expand_mod)
 
 
-def _to_resolution(mask: np.ndarray, resolution: int) -> np.ndarray:
-    """Resize an (H, W, 1) mask to (R, R, 1) with linear interpolation, as DeepFaceLab does for masks."""
-    if mask.shape[:2] == (resolution, resolution):
+def _to_resolution(mask: np.ndarray, resolution: int, mat: np.ndarray | None = None) -> np.ndarray:
+    """An (H, W, 1) mask at (R, R, 1): resized linearly, or warped by ``mat`` (linear, zero border)
+    when the model's face type differs from the file's, as DeepFaceLab does for masks."""
+    size = (resolution, resolution)
+    if mat is not None:
+        out = cv2.warpAffine(
+            mask, mat, size, flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT, borderValue=0
+        )
+    elif mask.shape[:2] == size:
         return mask
-    out = cv2.resize(mask, (resolution, resolution), interpolation=cv2.INTER_LINEAR)
+    else:
+        out = cv2.resize(mask, size, interpolation=cv2.INTER_LINEAR)
     return out.reshape(resolution, resolution, 1)
 
 
+def _recrop(meta: DFLMeta, resolution: int, face_type: str | None, source: str) -> np.ndarray | None:
+    if face_type is None:
+        return None
+    if meta.landmarks is None:
+        raise DFLFormatError(f"{source}: no landmarks, cannot re-crop to face type {face_type!r}")
+    try:
+        return recrop_mat(meta.landmarks, meta.resolved_face_type, resolution, face_type)
+    except DFLFormatError as exc:
+        raise DFLFormatError(f"{source}: {exc}") from exc
+
+
 def face_masks_at(
-    meta: DFLMeta, image_hw: tuple[int, int], resolution: int, policy: str = "xseg", source: str = "face"
+    meta: DFLMeta,
+    image_hw: tuple[int, int],
+    resolution: int,
+    policy: str = "xseg",
+    source: str = "face",
+    face_type: str | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """(FULL_FACE, EYES_MOUTH) masks of one face at ``resolution``, each float32 (R, R, 1) in [0, 1].
 
@@ -133,14 +157,17 @@ def face_masks_at(
     augmentation: both masks are built at the face image size, the eyes-mouth mask is cut to where the
     face mask is non-zero, both are resized linearly to ``resolution``, and the eyes-mouth mask is
     divided by its maximum. Matches the fixtures in ``tests/fixtures/dfl/sampleproc_r128`` bit for bit.
+    With ``face_type`` (the model's, e.g. ``'f'``) differing from the file's, both are re-cropped
+    with :func:`torchsae.dfl.geometry.recrop_mat` instead of resized.
     """
+    mat = _recrop(meta, resolution, face_type, source)
     full = _face_mask_at_image_size(meta, image_hw, policy, source)
     if meta.landmarks is not None:
         em = eyes_mouth_mask(meta.landmarks, image_hw) * (full != 0)
     else:  # only reachable with policy 'full': no landmarks, so no eyes or mouth to prioritise
         em = np.zeros_like(full)
-    full = _to_resolution(full, resolution)
-    em = _to_resolution(em.astype(np.float32), resolution)
+    full = _to_resolution(full, resolution, mat)
+    em = _to_resolution(em.astype(np.float32), resolution, mat)
     peak = float(em.max())
     if peak > 0:
         em = em / peak
@@ -148,14 +175,25 @@ def face_masks_at(
 
 
 def full_face_mask_at(
-    meta: DFLMeta, image_hw: tuple[int, int], resolution: int, policy: str = "xseg", source: str = "face"
+    meta: DFLMeta,
+    image_hw: tuple[int, int],
+    resolution: int,
+    policy: str = "xseg",
+    source: str = "face",
+    face_type: str | None = None,
 ) -> np.ndarray:
     """The FULL_FACE mask at ``resolution`` (see :func:`face_masks_at`)."""
-    return _to_resolution(_face_mask_at_image_size(meta, image_hw, policy, source), resolution)
+    mat = _recrop(meta, resolution, face_type, source)
+    return _to_resolution(_face_mask_at_image_size(meta, image_hw, policy, source), resolution, mat)
 
 
 def eyes_mouth_mask_at(
-    meta: DFLMeta, image_hw: tuple[int, int], resolution: int, policy: str = "xseg", source: str = "face"
+    meta: DFLMeta,
+    image_hw: tuple[int, int],
+    resolution: int,
+    policy: str = "xseg",
+    source: str = "face",
+    face_type: str | None = None,
 ) -> np.ndarray:
     """The EYES_MOUTH mask at ``resolution`` (see :func:`face_masks_at`)."""
-    return face_masks_at(meta, image_hw, resolution, policy, source)[1]
+    return face_masks_at(meta, image_hw, resolution, policy, source, face_type)[1]
