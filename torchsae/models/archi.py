@@ -114,16 +114,9 @@ class Decoder(nn.Module):
     ) -> None:
         super().__init__()
         self.d = d
-        image_chs = [d_ch * 8, d_ch * 8, d_ch * 4, d_ch * 2] if t else [d_ch * 8, d_ch * 4, d_ch * 2]
-        mask_chs = (
-            [d_mask_ch * 8, d_mask_ch * 8, d_mask_ch * 4, d_mask_ch * 2]
-            if t
-            else [
-                d_mask_ch * 8,
-                d_mask_ch * 4,
-                d_mask_ch * 2,
-            ]
-        )
+        levels = [8, 8, 4, 2] if t else [8, 4, 2]  # channel multipliers, deepest first
+        image_chs = [d_ch * m for m in levels]
+        mask_chs = [d_mask_ch * m for m in levels]
         prev = in_ch
         for i, ch in enumerate(image_chs):
             setattr(self, f"upscale{i}", Upscale(prev, ch, cosine=cosine))
