@@ -156,3 +156,30 @@ def test_recrop_to_another_face_type() -> None:
     assert em.max() == 1.0 and np.array_equal(
         full_face_mask_at(meta, meta.image_hw, 128, face_type="f"), full
     )
+
+
+def _whole_image_eyes_mouth(landmarks: np.ndarray, shape_hw: tuple[int, int]) -> np.ndarray:
+    """Spec §5 written out over the whole image, no windows: the reference for the windowed version."""
+    h = shape_hw[0]
+    pts = landmarks.astype(np.int32)
+    blur = h // 16 + (1 - (h // 16) % 2)
+    kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (h // 32, h // 32))
+    total = np.zeros(shape_hw, np.float32)
+    for ranges in (((36, 42), (42, 48)), ((60, 68),)):
+        part = np.zeros(shape_hw, np.float32)
+        for a, b in ranges:
+            cv2.fillConvexPoly(part, cv2.convexHull(pts[a:b]), (1,))
+        total += cv2.GaussianBlur(cv2.dilate(part, kernel), (blur, blur), 0)
+    return np.clip(total, 0, 1)[..., None]
+
+
+def test_windowed_eyes_mouth_equals_whole_image_computation() -> None:
+    """Random faces of several sizes, scales and offsets, many touching or leaving the image edges."""
+    base = load_meta(FIXTURES / "dfl_wf_01_xseg256_binary.jpg").landmarks
+    rng = np.random.default_rng(0)
+    for _ in range(40):
+        size = int(rng.choice([256, 300, 512]))
+        shape = (size, int(size * rng.uniform(0.8, 1.2)))
+        lm = (base - 256) * rng.uniform(0.3, 1.6) * size / 512 + size / 2 + rng.normal(0, size * 0.3, 2)
+        lm = (lm + rng.normal(0, 2, (68, 2))).astype(np.float32)
+        np.testing.assert_array_equal(eyes_mouth_mask(lm, shape), _whole_image_eyes_mouth(lm, shape))

@@ -73,22 +73,32 @@ def eyes_mouth_mask(landmarks: np.ndarray, shape_hw: tuple[int, int]) -> np.ndar
 
     Each of the eye and mouth masks is its filled hull, dilated with an ellipse of size h//32 and
     Gaussian-blurred with an odd kernel of about h//16 (h = the image height); they are added and
-    clipped.
+    clipped. Why windows: the work happens only in a window around each hull, wide enough that the
+    dilation and the blur never reach its edge, so the result equals the whole-image computation
+    bit for bit (checked against DeepFaceLab's outputs) at a fraction of the cost.
     """
-    h = int(shape_hw[0])
+    h, w = int(shape_hw[0]), int(shape_hw[1])
     pts = np.asarray(landmarks).astype(np.int32)
     dilate = h // 32
     blur = h // 16
     blur += 1 - blur % 2
-    kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (dilate, dilate))
-    parts = []
+    kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (dilate, dilate)) if dilate > 0 else None
+    margin = dilate + blur + 2
+    out = np.zeros((h, w), dtype=np.float32)
     for groups in (EYES_MOUTH_GROUPS[:2], EYES_MOUTH_GROUPS[2:]):  # both eyes in one mask, mouth in another
-        part = np.zeros(tuple(shape_hw), dtype=np.float32)
+        hull_pts = np.concatenate([pts[a:b] for a, b in groups])
+        x0, y0 = np.maximum(hull_pts.min(axis=0) - margin, 0)
+        x0 -= x0 % 64  # keep OpenCV's SIMD column blocks where the whole-image filter has them
+        x1, y1 = np.minimum(hull_pts.max(axis=0) + margin + 1, (w, h))
+        if x0 >= x1 or y0 >= y1:  # the hulls lie entirely outside the image
+            continue
+        part = np.zeros((y1 - y0, x1 - x0), dtype=np.float32)
         for a, b in groups:
-            _fill_hull(part, pts[a:b])
-        part = cv2.dilate(part, kernel, iterations=1)
-        parts.append(cv2.GaussianBlur(part, (blur, blur), 0))
-    return np.clip(parts[0] + parts[1], 0, 1)[..., None]
+            _fill_hull(part, pts[a:b] - (x0, y0))
+        if kernel is not None:
+            part = cv2.dilate(part, kernel, iterations=1)
+        out[y0:y1, x0:x1] += cv2.GaussianBlur(part, (blur, blur), 0)
+    return np.clip(out, 0, 1)[..., None]
 
 
 def _face_mask_at_image_size(
