@@ -23,6 +23,7 @@ from scipy.stats import ks_2samp
 from torchsae.cli import main
 from torchsae.demo import identity_for, make_demo_faceset, render_face, scene_for
 from torchsae.demo.params import Scene
+from torchsae.dfl.geometry import face_transform_mat
 from torchsae.dfl.jpeg import list_segments, read_app15
 from torchsae.dfl.masks import hull_mask
 from torchsae.dfl.meta import load_meta
@@ -150,6 +151,21 @@ def test_neutral_face_sits_where_deepfacelab_puts_a_whole_face() -> None:
             and np.all(np.diff(lm[36:40, 0]) > 0)
             and lm[8, 1] == lm[:, 1].max()
         )
+
+
+def test_deepfacelab_alignment_of_our_landmarks_is_near_identity(faceset: Path) -> None:
+    """Re-aligning our landmarks as DeepFaceLab's extractor would (Umeyama to its mean face, whole_face
+    padding) gives back nearly this very crop: the faces really are in whole_face framing."""
+    for side in ("A", "B"):
+        for index in range(COUNT):
+            lm = load_meta(faceset / side / f"{index:05d}.jpg").landmarks
+            mat = face_transform_mat(lm, 512, "whole_face")
+            scale = np.sqrt(abs(np.linalg.det(mat[:, :2])))
+            centre_shift = np.linalg.norm(mat @ [256.0, 256.0, 1.0] - 256.0)
+            angle = np.degrees(np.arctan2(mat[1, 0], mat[0, 0]))
+            roll = scene_for(11, 0, side, index).roll
+            assert 0.9 < scale < 1.15 and centre_shift < 20.0, (side, index, scale, centre_shift)
+            assert abs(angle + roll) < 6.0  # the alignment undoes the drawn roll
 
 
 def test_pixels_agree_with_landmarks() -> None:
@@ -308,3 +324,6 @@ def test_cli_make_and_demo_passthrough(tmp_path: Path, monkeypatch: pytest.Monke
     )
     assert result.exit_code == 0, result.output
     assert calls == [{"out": tmp_path / "run", "count": 9, "steps": 7, "seed": 3, "resolution": 32}]
+    result = runner.invoke(main, ["demo"])  # options left out: the runner's own defaults apply
+    assert result.exit_code == 0, result.output
+    assert calls[-1] == {"out": Path("demo_run")}

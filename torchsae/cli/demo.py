@@ -15,37 +15,35 @@ import click
 @click.group("demo", invoke_without_command=True)
 @click.option(
     "--out",
-    "out",
     type=click.Path(file_okay=False, path_type=Path),
     default=Path("demo_run"),
     show_default=True,
     help="Run folder (faceset, checkpoints, previews, scores).",
 )
-@click.option(
-    "--count",
-    type=click.IntRange(min=1),
-    default=512,
-    show_default=True,
-    help="Synthetic faces per identity.",
-)
-@click.option("--steps", type=click.IntRange(min=1), default=2000, show_default=True, help="Training steps.")
-@click.option(
-    "--seed", type=int, default=0, show_default=True, help="Seed of the faceset and the training run."
-)
-@click.option(
-    "--resolution", type=click.IntRange(min=16), default=64, show_default=True, help="Model resolution."
-)
+@click.option("--count", type=click.IntRange(min=1), help="Synthetic faces per identity.")
+@click.option("--steps", type=click.IntRange(min=1), help="Training steps.")
+@click.option("--seed", type=int, help="Seed of the faceset and the training run.")
+@click.option("--resolution", type=click.IntRange(min=16), help="Model resolution.")
 @click.pass_context
-def demo_cmd(ctx: click.Context, out: Path, count: int, steps: int, seed: int, resolution: int) -> None:
+def demo_cmd(
+    ctx: click.Context,
+    out: Path,
+    count: int | None,
+    steps: int | None,
+    seed: int | None,
+    resolution: int | None,
+) -> None:
     """Run the full demo: make a synthetic A/B faceset, train, swap and score against the truth pairs.
 
-    A = DeepFaceLab's dst (faces to replace), B = src (the identity rendered in).
+    A = DeepFaceLab's dst (faces to replace), B = src (the identity rendered in). Options left out
+    take the demo runner's defaults.
     """
     if ctx.invoked_subcommand is not None:
         return
     from torchsae.demo.run import run_demo  # lazy: pulls in torch and the trainer
 
-    run_demo(out=out, count=count, steps=steps, seed=seed, resolution=resolution)
+    given = {"count": count, "steps": steps, "seed": seed, "resolution": resolution}
+    run_demo(out=out, **{key: value for key, value in given.items() if value is not None})
 
 
 @demo_cmd.command("make")
