@@ -17,6 +17,7 @@ loop, so that N steps equal N/2 + resume + N/2 bit for bit on the CPU.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import random
 import time
@@ -81,6 +82,25 @@ def _test_fail_hook(step: int, rank: int) -> None:
     if rank == int(os.environ.get("TORCHSAE_TEST_FAIL_RANK", str(rank))):
         Path(marker).write_text(f"failed once at step {step} on rank {rank}\n")
         raise RuntimeError(f"TORCHSAE_TEST_FAIL_AT_STEP: simulated failure at step {step} on rank {rank}")
+
+
+def _test_weights_hook(model: torch.nn.Module, rank: int) -> None:
+    """Test-only: write this rank's final weight digest to ``TORCHSAE_TEST_WEIGHTS_DIR/rank<r>.txt``."""
+    folder = os.environ.get("TORCHSAE_TEST_WEIGHTS_DIR")
+    if folder:
+        Path(folder).mkdir(parents=True, exist_ok=True)
+        (Path(folder) / f"rank{rank}.txt").write_text(state_digest(model.state_dict()) + "\n")
+
+
+def state_digest(state_dict: dict[str, torch.Tensor]) -> str:
+    """SHA-256 over the names and raw bytes of a state dict's tensors (bitwise weight identity)."""
+    digest = hashlib.sha256()
+    for name in sorted(state_dict):
+        digest.update(name.encode())
+        digest.update(
+            state_dict[name].detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes()
+        )
+    return digest.hexdigest()
 
 
 def _train(cfg: Config, resume: Path | None, info: DistInfo) -> TrainResult:
@@ -294,6 +314,7 @@ def _train(cfg: Config, resume: Path | None, info: DistInfo) -> TrainResult:
         save_now()
     logger.close()
     data.close()
+    _test_weights_hook(model, info.rank)
     return TrainResult(step, int(metrics["skipped_steps"]), last_path, stopped)
 
 
