@@ -26,6 +26,7 @@ from torchsae.dfl.meta import (
     decode_xseg_mask,
     encode_xseg_mask,
     load_meta,
+    meta_from_bytes,
     save_meta,
     set_xseg_mask,
 )
@@ -298,3 +299,16 @@ def test_failed_write_leaves_original_intact(
     monkeypatch.undo()
     assert path.read_bytes() == (FIXTURES / XSEG_FILE).read_bytes()
     assert _leftovers(tmp_path) == []
+
+
+def test_meta_from_bytes_and_jpeg_without_image(tmp_path: Path) -> None:
+    data = (FIXTURES / "dfl_wf_07_noxseg_iepolys.jpg").read_bytes()
+    from_bytes, from_file = (
+        meta_from_bytes(data, "mem.jpg"),
+        load_meta(FIXTURES / "dfl_wf_07_noxseg_iepolys.jpg"),
+    )
+    assert from_bytes.to_dict().keys() == from_file.to_dict().keys()
+    np.testing.assert_array_equal(from_bytes.landmarks, from_file.landmarks)
+    assert from_bytes.image_hw == (512, 512)
+    with pytest.raises(DFLFormatError, match="empty.jpg.*no image frame"):
+        meta_from_bytes(b"\xff\xd8\xff\xe0\x00\x04ab\xff\xd9", "empty.jpg")

@@ -17,7 +17,7 @@ import cv2
 import numpy as np
 
 from torchsae.dfl.errors import DFLFormatError
-from torchsae.dfl.jpeg import SOF_MARKERS, SOS, frame_shape, list_segments, replace_app15
+from torchsae.dfl.jpeg import APP15, SOF_MARKERS, SOS, frame_shape, list_segments, replace_app15
 from torchsae.dfl.unpickle import compat_dumps, restricted_loads
 from torchsae.fileio import atomic_write_bytes
 
@@ -192,13 +192,16 @@ def load_meta(path: str | Path) -> DFLMeta:
     a valid JPEG without APP15 gives ``has_metadata=False``.
     """
     path = Path(path)
-    source = str(path)
-    data = _read(path)
+    return meta_from_bytes(_read(path), str(path))
+
+
+def meta_from_bytes(data: bytes, source: str) -> DFLMeta:
+    """:func:`load_meta` for a file already in memory (``source`` names it in errors)."""
     segments = list_segments(data, source)
     if not any(s.marker in SOF_MARKERS for s in segments) or not any(s.marker == SOS for s in segments):
         raise DFLFormatError(f"{source}: JPEG has no image frame or scan")
     image_hw = frame_shape(segments, data)
-    app15 = next((s for s in segments if s.marker == 0xEF), None)
+    app15 = next((s for s in segments if s.marker == APP15), None)
     if app15 is None:
         return DFLMeta(has_metadata=False, image_hw=image_hw)
     loaded = restricted_loads(data[app15.payload_offset : app15.end], source)
