@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import sys
+import time
 import types
 from pathlib import Path
 
@@ -22,6 +23,7 @@ from scipy.stats import ks_2samp
 
 from torchsae.cli import main
 from torchsae.demo import identity_for, make_demo_faceset, render_face, scene_for
+from torchsae.demo.faceset import encode_face
 from torchsae.demo.params import Scene
 from torchsae.dfl.geometry import face_transform_mat
 from torchsae.dfl.jpeg import list_segments, read_app15
@@ -327,3 +329,15 @@ def test_cli_make_and_demo_passthrough(tmp_path: Path, monkeypatch: pytest.Monke
     result = runner.invoke(main, ["demo"])  # options left out: the runner's own defaults apply
     assert result.exit_code == 0, result.output
     assert calls[-1] == {"out": Path("demo_run")}
+
+
+@pytest.mark.slow
+def test_render_and_encode_at_least_50_faces_per_second_of_one_core() -> None:
+    """CPU time, not wall time, so a busy machine does not fail it: render + JPEG + metadata."""
+    ident = identity_for("A")
+    scenes = [scene_for(0, 0, "A", i) for i in range(200)]
+    encode_face(render_face(ident, scenes[0]), "x.png", "x")  # warm-up (noise tile, imports)
+    start = time.process_time()
+    for scene in scenes:
+        encode_face(render_face(ident, scene), "x.png", "x")
+    assert len(scenes) / (time.process_time() - start) >= 50.0

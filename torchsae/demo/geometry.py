@@ -109,9 +109,8 @@ class _Builder:
             # the drawn brow: a band around the landmark line, thickest near the nose
             half = i.brow_thickness * np.linspace(0.35, 0.6, 5)
             half = half if side < 0 else half[::-1]
-            band = np.vstack(
-                [pts - np.column_stack([0 * half, half]), (pts + np.column_stack([0 * half, half]))[::-1]]
-            )
+            offset = np.column_stack([np.zeros(5), half])
+            band = np.vstack([pts - offset, (pts + offset)[::-1]])
             self.parts["brow_l" if side < 0 else "brow_r"] = self.on_surface(band, 3.0)
         return self.on_surface(np.vstack(out), 3.0)
 
