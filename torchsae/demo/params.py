@@ -94,7 +94,8 @@ def _clipped_normal(rng: np.random.Generator, sd: float, limit: float) -> float:
 
 def sample_scene(rng: np.random.Generator) -> Scene:
     """Draw one pose / expression / lighting / background from the single shared distribution."""
-    mouth = float(rng.uniform(0.0, 1.0) ** 2.2)  # mostly closed or slightly open, sometimes wide
+    # about half the faces with a closed mouth, the rest slightly open, sometimes wide
+    mouth = float(rng.uniform(0.0, 1.0) ** 2) if rng.random() < 0.55 else 0.0
     blink = rng.random() < 0.08
     return Scene(
         yaw=_clipped_normal(rng, 11.0, 28.0),
