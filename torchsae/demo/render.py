@@ -53,6 +53,13 @@ def _line(img: np.ndarray, points: np.ndarray, color, thickness: int, closed: bo
     cv2.polylines(img, [_pts(points)], closed, color, thickness, cv2.LINE_AA, _SHIFT)
 
 
+def _ellipse(img: np.ndarray, centre, axes, angle: float, color, thickness: int = -1) -> None:
+    """An anti-aliased ellipse at sub-pixel precision (centre and half-axes in pixels)."""
+    ctr = (int(round(centre[0] * _ONE)), int(round(centre[1] * _ONE)))
+    ax = (max(1, int(axes[0] * _ONE)), max(1, int(axes[1] * _ONE)))
+    cv2.ellipse(img, ctr, ax, angle, 0, 360, color, thickness, cv2.LINE_AA, _SHIFT)
+
+
 def _shade(color, factor: float) -> tuple[float, float, float]:
     return tuple(min(255.0, max(0.0, float(c) * factor)) for c in color)
 
@@ -116,23 +123,12 @@ def _eye(img: np.ndarray, eye: np.ndarray, iris, ident: Identity, light_xy: np.n
     layer = np.empty_like(roi)
     layer[:] = (222, 228, 234)
     centre, axes, angle = iris
-    c = (centre - (x0, y0)) * _ONE
-    ctr = (int(round(c[0])), int(round(c[1])))
-    ax = (max(1, int(axes[0] * _ONE)), max(1, int(axes[1] * _ONE)))
-    cv2.ellipse(layer, ctr, ax, angle, 0, 360, ident.iris, -1, cv2.LINE_AA, _SHIFT)
-    cv2.ellipse(layer, ctr, ax, angle, 0, 360, _shade(ident.iris, 0.55), 2, cv2.LINE_AA, _SHIFT)
-    pupil = (max(1, int(axes[0] * 0.45 * _ONE)), max(1, int(axes[1] * 0.45 * _ONE)))
-    cv2.ellipse(layer, ctr, pupil, angle, 0, 360, (15, 15, 15), -1, cv2.LINE_AA, _SHIFT)
-    glint = centre - (x0, y0) + light_xy * axes[0] * 0.45
-    cv2.circle(
-        layer,
-        (int(glint[0] * _ONE), int(glint[1] * _ONE)),
-        int(2.2 * _ONE),
-        (250, 250, 250),
-        -1,
-        cv2.LINE_AA,
-        _SHIFT,
-    )
+    c = centre - (x0, y0)
+    _ellipse(layer, c, axes, angle, ident.iris)
+    _ellipse(layer, c, axes, angle, _shade(ident.iris, 0.55), 2)  # darker limbal ring
+    _ellipse(layer, c, (axes[0] * 0.45, axes[1] * 0.45), angle, (15, 15, 15))  # pupil
+    glint = c + light_xy * axes[0] * 0.45  # catch-light on the side the light comes from
+    _ellipse(layer, glint, (2.2, 2.2), 0.0, (250, 250, 250))
     alpha = np.zeros(roi.shape[:2], np.uint8)
     cv2.fillPoly(alpha, [_pts(contour - (x0, y0))], 255, cv2.LINE_AA, _SHIFT)
     a = alpha[:, :, None].astype(np.float32) / 255.0
@@ -140,7 +136,8 @@ def _eye(img: np.ndarray, eye: np.ndarray, iris, ident: Identity, light_xy: np.n
     return upper
 
 
-def _mouth(img: np.ndarray, lm: np.ndarray, ident: Identity, scene: Scene) -> None:
+def _mouth(img: np.ndarray, lm: np.ndarray, ident: Identity) -> None:
+    """Inner mouth and teeth when open, then the lips over them (upper lip a shade darker)."""
     inner = catmull_rom(lm[60:68], 5, closed=True)
     gap = float(np.linalg.norm(lm[66] - lm[62]))
     if gap > 2.0:
@@ -159,6 +156,7 @@ def _mouth(img: np.ndarray, lm: np.ndarray, ident: Identity, scene: Scene) -> No
 
 
 def _nose(img: np.ndarray, lm: np.ndarray, ident: Identity) -> None:
+    """Nostril wings and nostrils; the nose's relief itself comes from the lighting's height field."""
     dark = _shade(ident.skin, 0.62)
     for wing, mid, tip in ((31, 32, 30), (35, 34, 30)):
         out = lm[wing] + (lm[wing] - lm[mid]) * 0.35
@@ -172,18 +170,7 @@ def _nose(img: np.ndarray, lm: np.ndarray, ident: Identity) -> None:
         centre = (lm[wing] + lm[mid]) / 2 + (lm[tip] - lm[33]) * 0.12
         size = float(np.linalg.norm(lm[wing] - lm[mid])) * 0.45
         ang = float(np.degrees(np.arctan2(*(lm[mid] - lm[wing])[::-1])))
-        cv2.ellipse(
-            img,
-            (int(centre[0] * _ONE), int(centre[1] * _ONE)),
-            (int(size * _ONE), int(size * 0.5 * _ONE)),
-            ang,
-            0,
-            360,
-            (35, 35, 55),
-            -1,
-            cv2.LINE_AA,
-            _SHIFT,
-        )
+        _ellipse(img, centre, (size, size * 0.5), ang, (35, 35, 55))  # nostril
 
 
 def _height_field(shape: FaceShape, ident: Identity) -> tuple[np.ndarray, np.ndarray]:
@@ -258,7 +245,7 @@ def render_face(ident: Identity, scene: Scene) -> RenderedFace:
     for name in ("brow_l", "brow_r"):
         _fill(img, catmull_rom(parts[name], 3, closed=True), brow_color)
     _nose(img, lm, ident)
-    _mouth(img, lm, ident, scene)
+    _mouth(img, lm, ident)
     _hair(img, parts["hair"], ident.hair, hair_rng, outer_n=17)
 
     mask = np.zeros((CROP, CROP), np.uint8)
