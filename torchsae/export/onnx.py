@@ -88,6 +88,7 @@ def export_onnx(
     proto, exporter = trace_to_onnx(graph, layout, resolution, opset, str(output))
     metadata = model_metadata(model_cfg, layout, dtype, opset, step, exporter)
     _finish_proto(proto, metadata)
+    _pin_io_shapes(proto, layout, resolution)
     data = check_proto(proto, opset, str(output))
     report = verify_onnx(data, reference, layout, resolution, dtype, faces, label=str(output))
     if layout == "dfm":
@@ -184,6 +185,25 @@ def _finish_proto(proto, metadata: dict[str, str]) -> None:
     for key, value in metadata.items():
         entry = proto.metadata_props.add()
         entry.key, entry.value = key, value
+
+
+def _pin_io_shapes(proto, layout: str, resolution: int) -> None:
+    """Declare the contract's shapes on the graph inputs and outputs: batch symbolic, the rest static.
+
+    The TorchScript exporter leaves output H and W symbolic; DeepFaceLive and TensorRT read static
+    sizes from the declared shapes, and ``onnx.checker``'s shape inference then checks that the
+    graph really produces them.
+    """
+    spec = LAYOUTS[layout]
+    declared = [(proto.graph.input[0], spec.input_shape(1, resolution))]
+    declared += list(zip(proto.graph.output, spec.output_shapes(1, resolution), strict=True))
+    for value, shape in declared:
+        dims = value.type.tensor_type.shape.dim
+        del dims[:]
+        batch = dims.add()
+        batch.dim_param = BATCH_AXIS
+        for size in shape[1:]:
+            dims.add().dim_value = size
 
 
 def check_proto(proto, opset: int, label: str) -> bytes:

@@ -42,11 +42,18 @@ def cpu_cores() -> int:
         return max(1, os.cpu_count() or 1)
 
 
-def make_session(model: str | Path | bytes, providers: list[str] | None = None, threads: int | None = None):
+def make_session(
+    model: str | Path | bytes,
+    providers: list[str] | None = None,
+    threads: int | None = None,
+    spin: bool = False,
+):
     """An ONNX Runtime session with the settings we benchmark and verify with.
 
     Intra-op threads = the usable cores and every graph optimisation enabled: the defaults a user
     deploying the model should copy, and the ones ``benchmarks/export_latency.py`` measures.
+    Spinning worker threads cut latency on an idle machine but waste whole cores when the machine
+    is shared (a training run, a test suite), so only the benchmark turns it on.
     """
     import onnxruntime as ort
 
@@ -54,6 +61,8 @@ def make_session(model: str | Path | bytes, providers: list[str] | None = None, 
     options.intra_op_num_threads = threads or cpu_cores()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.log_severity_level = 3
+    if not spin:
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     source = str(model) if isinstance(model, Path) else model
     try:
         return ort.InferenceSession(

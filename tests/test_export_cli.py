@@ -1,0 +1,124 @@
+"""``torchsae export`` and ``torchsae build-engine`` through click, from a real saved checkpoint."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+import torch
+from click.testing import CliRunner
+
+from torchsae.cli import main
+from torchsae.config import Config, DataConfig, ModelConfig
+from torchsae.export.tensorrt import missing_requirements
+from torchsae.models import SAEHD
+from torchsae.train.checkpoint import save_checkpoint
+
+FACES = Path(__file__).parent / "fixtures" / "dfl"
+
+
+@pytest.fixture()
+def checkpoint(tmp_path: Path) -> tuple[Path, SAEHD]:
+    torch.manual_seed(0)
+    faces = tmp_path / "data_a"
+    faces.mkdir()
+    for jpg in sorted(FACES.glob("dfl_*.jpg"))[:3]:
+        shutil.copy(jpg, faces / jpg.name)
+    cfg = Config(
+        model=ModelConfig(archi="liae-ud", resolution=32, ae_dims=16, e_dims=8, d_dims=8, d_mask_dims=8),
+        data=DataConfig(data_dir_a=str(faces)),
+    )
+    model = SAEHD(cfg.model).eval()
+    path = tmp_path / "models" / "last.pth"
+    save_checkpoint(path, {"step": 42, "config": cfg.to_dict(), "model": model.state_dict()})
+    return path, model
+
+
+def test_export_dfm_from_checkpoint(checkpoint: tuple[Path, SAEHD], tmp_path: Path) -> None:
+    path, model = checkpoint
+    out = tmp_path / "models" / "sae_32.dfm"
+    args = [
+        "export",
+        "--checkpoint",
+        str(path),
+        "--output",
+        str(out),
+        "--model-size",
+        "32",
+        "--layout",
+        "dfm",
+    ]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 0, result.output
+    assert "faces_b3" in result.output  # verified on the checkpoint's A faces, not only random inputs
+    session = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+    assert session.get_modelmeta().custom_metadata_map["training_step"] == "42"
+    face = np.random.default_rng(0).random((2, 32, 32, 3), dtype=np.float32)
+    face_mask, swapped, swapped_mask = session.run(None, {"in_face": face})
+    with torch.no_grad():
+        want = model.swap(torch.from_numpy(face.transpose(0, 3, 1, 2).copy()))
+    for got, ref in zip((swapped, swapped_mask, face_mask), want, strict=True):
+        assert np.abs(got - ref.numpy().transpose(0, 2, 3, 1)).max() <= 1e-4
+
+
+def test_export_torchsae_fp16_with_faces_dir(checkpoint: tuple[Path, SAEHD], tmp_path: Path) -> None:
+    path, _ = checkpoint
+    out = tmp_path / "sae.onnx"
+    args = [
+        "export",
+        "--checkpoint",
+        str(path),
+        "--output",
+        str(out),
+        "--dtype",
+        "fp16",
+        "--verify-faces",
+        str(FACES),
+    ]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 0, result.output
+    assert "faces_b7" in result.output and "tolerance 1e-02" in result.output
+    assert ort.InferenceSession(str(out)).get_modelmeta().custom_metadata_map["dtype"] == "fp16"
+
+
+def test_model_size_mismatch_is_one_line_error(checkpoint: tuple[Path, SAEHD], tmp_path: Path) -> None:
+    path, _ = checkpoint
+    out = tmp_path / "sae_256.onnx"
+    result = CliRunner().invoke(
+        main, ["export", "--checkpoint", str(path), "--output", str(out), "--model-size", "256"]
+    )
+    assert result.exit_code == 1
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and "--model-size 256" in lines[0] and "resolution 32" in lines[0]
+    assert not out.exists()
+
+
+def test_missing_checkpoint_is_one_line_error(tmp_path: Path) -> None:
+    result = CliRunner().invoke(
+        main, ["export", "--checkpoint", str(tmp_path / "no.pth"), "--output", str(tmp_path / "x.onnx")]
+    )
+    assert (
+        result.exit_code == 1 and "no.pth" in result.output and len(result.output.strip().splitlines()) == 1
+    )
+
+
+@pytest.mark.skipif(
+    missing_requirements() is None, reason="TensorRT and a GPU are present; see test_tensorrt.py"
+)
+def test_build_engine_without_tensorrt_exits_2(checkpoint: tuple[Path, SAEHD], tmp_path: Path) -> None:
+    path, _ = checkpoint
+    onnx_path = tmp_path / "sae.onnx"
+    assert (
+        CliRunner().invoke(main, ["export", "--checkpoint", str(path), "--output", str(onnx_path)]).exit_code
+        == 0
+    )
+    engine = tmp_path / "sae.engine"
+    result = CliRunner().invoke(main, ["build-engine", "--onnx", str(onnx_path), "--output", str(engine)])
+    assert result.exit_code == 2
+    assert result.stdout == ""
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("Error: build-engine needs ")
+    assert not engine.exists()
