@@ -119,11 +119,15 @@ def test_mismatched_weights_are_reported() -> None:
     path = MODEL_DIR / "new_SAEHD_inter.npy.gz"
     weights = restricted_loads(gzip.decompress(path.read_bytes()), str(path))
     wider = SAEHD(ModelConfig(archi="df-ud", resolution=64, ae_dims=48, e_dims=16, d_dims=16, d_mask_dims=16))
-    with pytest.raises(WeightLayoutError, match=r"new_SAEHD_inter.*dense1/weight:0.*shape"):
+    with pytest.raises(
+        WeightLayoutError, match=r"new_SAEHD_inter.*dense1/weight:0.*\(2048, 32\).*\(2048, 48\)"
+    ):
         tf_to_state_dict(weights, wider.inter, "new_SAEHD_inter.npy")
     partial = {k: v for k, v in weights.items() if not k.startswith("upscale1")}
     with pytest.raises(WeightLayoutError, match="missing weight.*upscale1/conv1"):
         tf_to_state_dict(partial, _model().inter, "new_SAEHD_inter.npy")
+    with pytest.raises(WeightLayoutError, match="'dense1/bias:0' is not a float array"):
+        tf_to_state_dict({**weights, "dense1/bias:0": np.array(["x"])}, _model().inter, "x")
     with pytest.raises(WeightLayoutError, match="unexpected weight 'dense3/weight:0'"):
         tf_to_state_dict({**weights, "dense3/weight:0": np.zeros((2, 2), np.float32)}, _model().inter, "x")
 

@@ -64,9 +64,20 @@ def tf_array_to_torch(array: np.ndarray) -> torch.Tensor:
     return tensor.contiguous()
 
 
+def tf_shape(torch_shape: tuple[int, ...]) -> tuple[int, ...]:
+    """The TF-layout shape of a weight with this PyTorch-layout shape."""
+    if len(torch_shape) == 4:
+        return (torch_shape[2], torch_shape[3], torch_shape[1], torch_shape[0])
+    if len(torch_shape) == 2:
+        return (torch_shape[1], torch_shape[0])
+    return tuple(torch_shape)
+
+
 def torch_tensor_to_tf(tensor: torch.Tensor) -> np.ndarray:
     """One PyTorch-layout weight -> a TF-layout float array (inverse of :func:`tf_array_to_torch`)."""
     tensor = tensor.detach().cpu()
+    if tensor.dtype == torch.bfloat16:  # numpy has no bfloat16
+        tensor = tensor.float()
     if tensor.ndim == 4:
         tensor = tensor.permute(2, 3, 1, 0)
     elif tensor.ndim == 2:
@@ -87,11 +98,13 @@ def tf_to_state_dict(tf_weights: Mapping[str, np.ndarray], module: nn.Module, so
         key = tf_key_to_torch(tf_key)
         if key not in expected:
             raise WeightLayoutError(f"{source}: unexpected weight {tf_key!r} (no {key!r} in the network)")
-        tensor = tf_array_to_torch(np.asarray(array))
+        if not isinstance(array, np.ndarray) or array.dtype.kind != "f":
+            raise WeightLayoutError(f"{source}: weight {tf_key!r} is not a float array")
+        tensor = tf_array_to_torch(array)
         if tuple(tensor.shape) != tuple(expected[key].shape):
             raise WeightLayoutError(
-                f"{source}: weight {tf_key!r} has shape {tuple(np.shape(array))}, the network needs "
-                f"{tuple(torch_tensor_to_tf(expected[key]).shape)} (check archi and dims)"
+                f"{source}: weight {tf_key!r} has shape {array.shape}, the network needs "
+                f"{tf_shape(tuple(expected[key].shape))} (check archi and dims)"
             )
         converted[key] = tensor.to(expected[key].dtype)
     missing = [torch_key_to_tf(k) for k in expected if k not in converted]
