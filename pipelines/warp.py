@@ -158,27 +158,54 @@ def sample_warp_params(
     return WarpParams(w, rotation, scale, tx, ty, flips, cell, disp)
 
 
-def _warp_map_at(params: WarpParams, qx: torch.Tensor, qy: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """DFL's remap coordinates at (possibly fractional) pixel positions ``q`` ([n, H, W] each).
+def _remap_source(params: WarpParams, qn: torch.Tensor) -> torch.Tensor:
+    """DFL's remap source points, normalised, at normalised positions ``qn`` [n, H, W, 2] (x, y).
 
-    map(q) = q + 0.5 + bilinear(disp, (q + 0.5) / cell), the closed form of resize-and-crop.
+    In pixels map(q) = q + 0.5 + bilinear(disp, (q + 0.5) / cell), the closed form of DFL's
+    resize-and-crop. With q = ((qn + 1)·w − 1)/2 the control coordinate (q + 0.5)/cell becomes
+    (qn + 1)·w/(2·cell), and align_corners=True maps control indices 0..8 onto −1..1, so
+    control = (qn + 1)·k − 1 with k = w/(8·cell); the half-pixel shift is +1/w normalised.
     """
-    cell = params.cell.to(qx.dtype)[:, None, None]
-    ux = (qx + 0.5) / cell
-    uy = (qy + 0.5) / cell
-    # align_corners=True: normalised -1..1 spans control indices 0..8 exactly.
-    grid = torch.stack([ux, uy], -1) * (2.0 / (MAX_CONTROL - 1)) - 1.0
-    disp = params.disp.to(qx.dtype)
-    offset = F.grid_sample(disp, grid, mode="bilinear", padding_mode="border", align_corners=True)
-    return qx + 0.5 + offset[:, 0], qy + 0.5 + offset[:, 1]
+    w = params.resolution
+    k = (w / ((MAX_CONTROL - 1) * params.cell.to(device=qn.device, dtype=qn.dtype)))[:, None, None, None]
+    control = torch.addcmul(k - 1.0, qn, k)
+    disp = (params.disp * (2.0 / w)).to(device=qn.device, dtype=qn.dtype)
+    offset = F.grid_sample(disp, control, mode="bilinear", padding_mode="border", align_corners=True)
+    return (qn + offset.permute(0, 2, 3, 1)).add_(1.0 / w)
+
+
+def _to_normalised(w: int) -> torch.Tensor:
+    """3×3 map from pixel (x, y, 1) to grid_sample's align_corners=False coordinates (2x + 1)/w − 1."""
+    return torch.tensor(
+        [[2.0 / w, 0.0, 1.0 / w - 1.0], [0.0, 2.0 / w, 1.0 / w - 1.0], [0.0, 0.0, 1.0]], dtype=torch.float64
+    )
 
 
 def warp_maps(params: WarpParams, dtype: torch.dtype = torch.float64) -> tuple[torch.Tensor, torch.Tensor]:
     """The per-pixel ``mapx, mapy`` ([n, w, w]) DFL feeds to ``cv2.remap``, for checking the grid."""
     w = params.resolution
-    pix = torch.arange(w, dtype=dtype, device=params.disp.device)
+    pix = (torch.arange(w, dtype=dtype, device=params.disp.device) * 2.0 + 1.0) / w - 1.0
     qy, qx = torch.meshgrid(pix, pix, indexing="ij")
-    return _warp_map_at(params, qx.expand(params.n, w, w), qy.expand(params.n, w, w))
+    qn = torch.stack([qx, qy], -1).expand(params.n, w, w, 2)
+    maps = (_remap_source(params, qn) + 1.0) * (w / 2.0) - 0.5
+    return maps[..., 0], maps[..., 1]
+
+
+def output_to_input(params: WarpParams) -> torch.Tensor:
+    """[n, 2, 3] float64: output pixel (x, y, 1) → the point q that ``warpAffine`` reads, flip included.
+
+    ``warpAffine`` without WARP_INVERSE_MAP inverts the matrix: q = A⁻¹(p − b); the flip, applied last
+    by DFL, mirrors p first: p ↦ (w − 1 − x, y).
+    """
+    w = params.resolution
+    mat = params.affine_matrix().cpu()
+    a, b, c, d = mat[:, 0, 0], mat[:, 0, 1], mat[:, 1, 0], mat[:, 1, 1]
+    inv = (
+        torch.stack([torch.stack([d, -b], -1), torch.stack([-c, a], -1)], 1) / (a * d - b * c)[:, None, None]
+    )
+    to_input = torch.cat([inv, -(inv @ mat[:, :, 2:])], 2)
+    mirror = torch.tensor([[-1.0, 0.0, w - 1.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]], dtype=torch.float64)
+    return torch.where(params.flip.cpu()[:, None, None], to_input @ mirror, to_input)
 
 
 def sampling_grids(
@@ -186,29 +213,20 @@ def sampling_grids(
 ) -> tuple[torch.Tensor | None, torch.Tensor]:
     """Compose warp → affine → flip into ``grid_sample`` grids (align_corners=False), [n, w, w, 2].
 
-    Returns ``(warped_grid, target_grid)``; ``warped_grid`` is None when ``warp`` is False. An output
-    pixel p reads the affine input at q = A⁻¹(flip(p) − b) (``warpAffine`` without WARP_INVERSE_MAP
-    inverts the matrix); the target samples the source at q, the warped image at map(clamp(q)). The
-    clamp stands in for warpAffine's replicate border on the intermediate remapped image.
+    Returns ``(warped_grid, target_grid)``; ``warped_grid`` is None when ``warp`` is False. The target
+    samples the source at q (see ``output_to_input``), one ``affine_grid`` call for the batch; the
+    warped image samples at map(clamp(q)), the clamp standing in for warpAffine's replicate border on
+    DFL's intermediate remapped image.
     """
     w = params.resolution
-    device = params.disp.device
-    mat = params.affine_matrix().to(device)
-    lin = mat[:, :, :2]
-    inv = torch.linalg.inv(lin)  # [n, 2, 2] float64
-    pix = torch.arange(w, dtype=torch.float64, device=device)
-    py, px = torch.meshgrid(pix, pix, indexing="ij")
-    px = torch.where(params.flip.to(device)[:, None, None], (w - 1) - px, px)
-    dx = px - mat[:, 0, 2][:, None, None]
-    dy = py[None] - mat[:, 1, 2][:, None, None]
-    qx = inv[:, 0, 0, None, None] * dx + inv[:, 0, 1, None, None] * dy
-    qy = inv[:, 1, 0, None, None] * dx + inv[:, 1, 1, None, None] * dy
-
-    def normalise(sx: torch.Tensor, sy: torch.Tensor) -> torch.Tensor:
-        return (torch.stack([sx, sy], -1) * 2.0 + 1.0) / w - 1.0
-
-    target = normalise(qx, qy).to(dtype)
+    norm = _to_normalised(w)
+    # theta acts on normalised output coordinates: N · to_input · N⁻¹.
+    theta = (
+        norm[:2] @ torch.cat([output_to_input(params), norm[2:].expand(params.n, 1, 3)], 1)
+    ) @ torch.linalg.inv(norm)
+    theta = theta[:, :2].to(device=params.disp.device, dtype=dtype)
+    target = F.affine_grid(theta, [params.n, 1, w, w], align_corners=False)
     if not warp:
         return None, target
-    mx, my = _warp_map_at(params, qx.clamp(0, w - 1), qy.clamp(0, w - 1))
-    return normalise(mx, my).to(dtype), target
+    edge = 1.0 - 1.0 / w
+    return _remap_source(params, target.clamp(-edge, edge)), target
