@@ -289,6 +289,11 @@ def test_existing_folder_policy(tmp_path: Path) -> None:
         "0000_mask.png",
         "manifest.json",
     ]
+    (root / "demo_faceset.json").unlink()  # as after an interrupted run: never taken as complete
+    with pytest.raises(TorchSAEError, match="incomplete"):
+        make_demo_faceset(root, 2, seed=1, truth_count=1)
+    with pytest.raises(TorchSAEError, match="truth"):
+        make_demo_faceset(tmp_path / "bad", 2, identities=("A", "truth"))
     (root / "B" / "holiday.jpg").write_bytes(b"mine")
     with pytest.raises(TorchSAEError, match="holiday.jpg"):
         make_demo_faceset(root, 3, seed=1, overwrite=True)

@@ -8,7 +8,7 @@ Layout of ``out_dir`` (count faces per identity, truth_count pairs)::
     truth/0000_b.jpg       ... and the *same* scene rendered as B: the ideal A->B swap of 0000_a.jpg
     truth/0000_mask.png    pixels that are face in both renders (8-bit, 0/255, 512x512)
     truth/manifest.json    identities, scenes and file names of the pairs
-    demo_faceset.json      written last: the parameters, so an identical request can reuse the folder
+    demo_faceset.json      written last: the parameters, so an identical request reuses the folder
 
 Every JPEG is what DeepFaceLab's extractor plus XSeg apply would leave: OpenCV quality-90 JPEG of the
 512x512 ``whole_face`` crop with an APP15 dict holding face_type, landmarks, source_filename,
@@ -47,7 +47,8 @@ VERSION = 1
 JPEG_QUALITY = 90  # DeepFaceLab's extractor default
 XSEG_SIZE = 256  # DeepFaceLab's XSeg apply always stores 256x256 masks
 _FACESET_KIND, _TRUTH_KIND = 0, 1
-_OUR_FILES = re.compile(r"^(\d{5}\.jpg|\d{4}_(a|b)\.jpg|\d{4}_mask\.png|manifest\.json)$")
+_OUR_FILES = re.compile(r"^(\d{5,}\.jpg|\d{4,}_(a|b)\.jpg|\d{4,}_mask\.png|manifest\.json)$")
+STAMP = "demo_faceset.json"
 
 
 @dataclass(frozen=True)
@@ -122,6 +123,8 @@ def _truth_item(job: tuple[Path, int, tuple[str, str], int]) -> dict:
         masks.append(face.mask)
     both = (masks[0] & masks[1]) * np.uint8(255)
     ok, png = cv2.imencode(".png", both)
+    if not ok:
+        raise TorchSAEError(f"{folder / f'{index:04d}_mask.png'}: OpenCV could not encode the PNG")
     atomic_write_bytes(folder / f"{index:04d}_mask.png", png.tobytes())
     return {
         "index": index,
@@ -141,7 +144,7 @@ def _run(func, jobs: list, workers: int) -> list:
 
 def _check_target(root: Path, params: dict, overwrite: bool) -> bool:
     """True when ``root`` already holds exactly this faceset; raise when it holds something else."""
-    stamp = root / "demo_faceset.json"
+    stamp = root / STAMP
     if stamp.is_file() and not overwrite:
         try:
             if json.loads(stamp.read_text("utf-8")) == params:
@@ -160,10 +163,12 @@ def _check_target(root: Path, params: dict, overwrite: bool) -> bool:
             )
         if files and not overwrite:
             raise TorchSAEError(
-                f"{folder}: already holds a different demo faceset; pass overwrite (--overwrite) to replace it"
+                f"{folder}: already holds a different or incomplete demo faceset; pass overwrite "
+                "(--overwrite) to replace it"
             )
         for p in files:  # only our own generated names, so a smaller count leaves no stale faces behind
             p.unlink()
+    stamp.unlink(missing_ok=True)  # written again only once the new faceset is complete
     return False
 
 
@@ -184,6 +189,11 @@ def make_demo_faceset(
     """
     if len(identities) != 2 or identities[0] == identities[1]:
         raise TorchSAEError(f"identities {tuple(identities)!r}: need two different names (A and B)")
+    for name in identities:
+        if not re.fullmatch(r"[A-Za-z0-9_-]+", str(name)) or name == "truth":
+            raise TorchSAEError(
+                f"identity {name!r}: must be a plain folder name (letters, digits, _ or -), not 'truth'"
+            )
     if count < 1:
         raise TorchSAEError(f"count {count}: need at least one face per identity")
     truth_count = min(count, 32) if truth_count is None else int(truth_count)
@@ -222,5 +232,5 @@ def make_demo_faceset(
         "items": items,
     }
     atomic_write_text(truth / "manifest.json", json.dumps(manifest, indent=1))
-    atomic_write_text(root / "demo_faceset.json", json.dumps(params, indent=1))
+    atomic_write_text(root / STAMP, json.dumps(params, indent=1))
     return DemoFaceset(root, names, int(count), truth_count, int(seed), time.perf_counter() - start)
