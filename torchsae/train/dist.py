@@ -114,21 +114,10 @@ def gather_to_main(info: DistInfo, obj: Any) -> dict[int, Any] | None:
     return dict(enumerate(gathered)) if info.is_main else None
 
 
-def any_true(info: DistInfo, flag: torch.Tensor) -> torch.Tensor:
-    """Logical OR of a 0-d bool tensor over ranks, so every rank takes the same skip decision."""
+def any_true(info: DistInfo, flags: torch.Tensor) -> torch.Tensor:
+    """Element-wise logical OR of a bool tensor over ranks, so every rank takes the same decisions."""
     if not info.distributed:
-        return flag
-    value = flag.to(torch.int32).reshape(1)
+        return flags
+    value = flags.to(torch.int32)
     dist.all_reduce(value, op=dist.ReduceOp.MAX)
-    return value[0].bool()
-
-
-def broadcast_flag(info: DistInfo, flag: bool) -> bool:
-    """Rank 0's ``flag`` on every rank (e.g. "a stop signal arrived"): all ranks stop at the same step."""
-    if not info.distributed:
-        return flag
-    value = torch.tensor(
-        [1 if flag else 0], dtype=torch.int32, device=info.device if info.backend == "nccl" else "cpu"
-    )
-    dist.broadcast(value, src=0)
-    return bool(value.item())
+    return value.bool()

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import os
 import random
 import time
@@ -84,12 +85,14 @@ def _test_fail_hook(step: int, rank: int) -> None:
         raise RuntimeError(f"TORCHSAE_TEST_FAIL_AT_STEP: simulated failure at step {step} on rank {rank}")
 
 
-def _test_weights_hook(model: torch.nn.Module, rank: int) -> None:
-    """Test-only: write this rank's final weight digest to ``TORCHSAE_TEST_WEIGHTS_DIR/rank<r>.txt``."""
-    folder = os.environ.get("TORCHSAE_TEST_WEIGHTS_DIR")
+def _test_probe_hook(model: torch.nn.Module, rank: int, drawn: list[list[int]] | None) -> None:
+    """Test-only: write this rank's final weight digest and the A samples it drew to
+    ``TORCHSAE_TEST_PROBE_DIR/rank<r>.json`` (how the DDP tests see inside every rank)."""
+    folder = os.environ.get("TORCHSAE_TEST_PROBE_DIR")
     if folder:
         Path(folder).mkdir(parents=True, exist_ok=True)
-        (Path(folder) / f"rank{rank}.txt").write_text(state_digest(model.state_dict()) + "\n")
+        probe = {"digest": state_digest(model.state_dict()), "index_a": drawn}
+        (Path(folder) / f"rank{rank}.json").write_text(json.dumps(probe))
 
 
 def state_digest(state_dict: dict[str, torch.Tensor]) -> str:
@@ -232,6 +235,7 @@ def _train(cfg: Config, resume: Path | None, info: DistInfo) -> TrainResult:
     if rng_state is not None:
         ckpt.restore_rng_state(rng_state)  # last, so set-up above cannot shift the random streams
     stopped = False
+    drawn: list[list[int]] | None = [] if os.environ.get("TORCHSAE_TEST_PROBE_DIR") else None
     with StopRequest(announce=info.is_main) as stop:
         while step < cfg.train.max_steps:
             _test_fail_hook(step, info.rank)
@@ -244,6 +248,8 @@ def _train(cfg: Config, resume: Path | None, info: DistInfo) -> TrainResult:
             loss_total = torch.zeros((), device=device)
             for micro in range(cfg.train.grad_accum):
                 batch = loss_fn.prepare_targets(next(data))
+                if drawn is not None:  # test probe only: a host sync per step
+                    drawn.append(batch["index_a"].tolist())
                 sync = micro == cfg.train.grad_accum - 1 or not info.distributed
                 with contextlib.nullcontext() if sync else ddp_model.no_sync():
                     with autocast():
@@ -314,7 +320,7 @@ def _train(cfg: Config, resume: Path | None, info: DistInfo) -> TrainResult:
         save_now()
     logger.close()
     data.close()
-    _test_weights_hook(model, info.rank)
+    _test_probe_hook(model, info.rank, drawn)
     return TrainResult(step, int(metrics["skipped_steps"]), last_path, stopped)
 
 
