@@ -208,6 +208,13 @@ def is_stale(root: str | Path, resolution: int, policy: str, verify: bool = Fals
     return not all(_unchanged(known[n], st, root / n, verify) for n, st in files.items())
 
 
+def _one_thread() -> None:
+    """Worker initialiser: one OpenCV thread per process, or N processes x N threads oversubscribe."""
+    import cv2
+
+    cv2.setNumThreads(1)
+
+
 def _run_jobs(paths: list[str], resolution: int, policy: str, workers: int, progress: bool) -> list:
     """process_file over ``paths`` on ``workers`` processes, in order, with a progress bar."""
     from tqdm import tqdm
@@ -224,7 +231,7 @@ def _run_jobs(paths: list[str], resolution: int, policy: str, workers: int, prog
 
         # spawn: the parent may hold torch / OpenMP threads that fork would copy in a broken state
         context = multiprocessing.get_context("spawn")
-        with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
+        with ProcessPoolExecutor(max_workers=workers, mp_context=context, initializer=_one_thread) as pool:
             chunk = max(1, min(64, len(paths) // (workers * 8)))
             for result in pool.map(
                 process_file, paths, [resolution] * len(paths), [policy] * len(paths), chunksize=chunk
