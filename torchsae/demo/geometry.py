@@ -208,6 +208,12 @@ class _Builder:
         hairline = self.hairline()
         self.parts["hair"] = np.vstack([outer, hairline])  # arc right -> left, then hairline left -> right
         self.parts["hairline"] = hairline
+        # The back of the head (hair-covered), behind everything: under yaw it shows beside the face
+        # on the far side, so no background peeks through between hair, ears and cheek.
+        phi_s = np.linspace(0.0, 2 * np.pi, 24, endpoint=False)
+        self.parts["skull"] = np.column_stack(
+            [(w + 6) * np.cos(phi_s), self.top - 90 - 190 * np.sin(phi_s), np.full(24, -50.0)]
+        )
         if i.hair_style == "long":
             back = np.array(
                 [[w + 34, 270, -60], [w + 40, 120, -60], [w + 30, -60, -40]]

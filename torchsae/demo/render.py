@@ -91,14 +91,22 @@ def _background(rng: np.random.Generator) -> np.ndarray:
     return cv2.resize(np.clip(low, 0, 255).astype(np.uint8), (CROP, CROP), interpolation=cv2.INTER_LINEAR)
 
 
+def _along(polyline: np.ndarray, t: np.ndarray) -> np.ndarray:
+    """Points at fractions ``t`` of a polyline's vertex sequence, linearly between vertices."""
+    pos = t * (len(polyline) - 1)
+    k = np.minimum(pos.astype(int), len(polyline) - 2)
+    f = (pos - k)[:, None]
+    return polyline[k] * (1 - f) + polyline[k + 1] * f
+
+
 def _hair(img: np.ndarray, poly: np.ndarray, color, rng: np.random.Generator, outer_n: int) -> None:
     """Fill a hair region and comb strands from its outer edge to its inner edge (three tones)."""
     _fill(img, catmull_rom(poly, 4, closed=True), color)
     outer, inner = poly[:outer_n], poly[outer_n:][::-1]
     n = 45
     t = rng.uniform(0.12, 0.88, n)  # away from the temples, where the band is concave
-    a = outer[(t * (len(outer) - 1)).astype(int)]
-    b = inner[np.clip(((t + rng.normal(0, 0.04, n)) * (len(inner) - 1)).astype(int), 0, len(inner) - 1)]
+    a = _along(outer, t)
+    b = _along(inner, np.clip(t + rng.normal(0, 0.04, n), 0.0, 1.0))
     m = (a + b) / 2 + rng.normal(0, 6, (n, 2))
     u = np.linspace(0.0, 1.0, 7)[None, :, None]
     curves = (1 - u) ** 2 * a[:, None] + 2 * (1 - u) * u * m[:, None] + u**2 * b[:, None]
@@ -177,7 +185,7 @@ def _height_field(shape: FaceShape, ident: Identity) -> tuple[np.ndarray, np.nda
     """Low-res height map (for normals) and head coverage (to blend face light and background light)."""
     s = LOW / CROP
     head = np.zeros((LOW, LOW), np.float32)
-    for name in ("hair_back", "neck", "ear_l", "ear_r", "skin", "hair"):
+    for name in ("skull", "hair_back", "neck", "ear_l", "ear_r", "skin", "hair"):
         if name in shape.parts:
             _fill(head, shape.parts[name], 1.0, s)
     lm = shape.landmarks
@@ -223,6 +231,7 @@ def render_face(ident: Identity, scene: Scene) -> RenderedFace:
     parts, lm = shape.parts, shape.landmarks
     img = _background(rng)
     hair_rng = np.random.default_rng([scene.detail_seed, 1])
+    _fill(img, catmull_rom(parts["skull"], 4, closed=True), _shade(ident.hair, 0.7))
     if "hair_back" in parts:
         _fill(img, catmull_rom(parts["hair_back"], 4, closed=True), _shade(ident.hair, 0.8))
     _fill(img, parts["neck"], _shade(ident.skin, 0.72))
