@@ -191,3 +191,19 @@ def test_compat_dumps_is_numpy1_readable() -> None:
 def test_compat_dumps_refuses_what_restricted_loads_would_refuse(value: object) -> None:
     with pytest.raises(TypeError, match="not allowed"):
         compat_dumps({"m": value})
+
+
+def test_array_allocation_tricks_refused() -> None:
+    """numpy.ndarray is only a marker for _reconstruct: a pickle cannot call ndarray(huge shape), and
+    _reconstruct only builds the empty array numpy itself writes (BUILD then fills it from bytes)."""
+    reconstruct = np.ndarray.__reduce__(np.zeros(1))[0]
+    huge_new = pickle.dumps(_Reduce(np.ndarray, (2**40,), "u1"), protocol=4)
+    with pytest.raises(DFLFormatError, match="huge.jpg") as info:
+        restricted_loads(huge_new, "huge.jpg")
+    assert "corrupt" in str(info.value) or isinstance(info.value, UnsafePickleError)
+    huge_reconstruct = pickle.dumps(_Reduce(reconstruct, np.ndarray, (2**40,), b"b"), protocol=4)
+    with pytest.raises(UnsafePickleError, match=r"huge.jpg.*unexpected arguments"):
+        restricted_loads(huge_reconstruct, "huge.jpg")
+    subclass = pickle.dumps(_Reduce(reconstruct, np.ma.MaskedArray, (0,), b"b"), protocol=4)
+    with pytest.raises(UnsafePickleError, match="numpy.ma"):
+        restricted_loads(subclass, "sub.jpg")

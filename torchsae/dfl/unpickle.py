@@ -25,12 +25,37 @@ try:  # numpy >= 1.26 (and 2.x) has numpy._core; the numpy.core alias warns on n
 except ImportError:  # pragma: no cover - numpy < 1.26
     from numpy.core import multiarray as _multiarray  # type: ignore[no-redef]
 
+
+class _Refused(Exception):
+    """Raised inside the unpickler; :func:`restricted_loads` turns it into UnsafePickleError."""
+
+
+class _NdarrayToken:
+    """What ``numpy.ndarray`` unpickles to: a marker, not the class, so a pickle cannot call
+    ``ndarray(huge_shape)`` and make us reserve terabytes; only :func:`_reconstruct` accepts it."""
+
+    __slots__ = ()
+
+
+_NDARRAY = _NdarrayToken()
+
+
+def _reconstruct(subtype: Any, shape: Any, dtype: Any) -> np.ndarray:
+    """numpy's array reconstructor, limited to what numpy itself writes: an empty ndarray that the
+    following BUILD (``ndarray.__setstate__``) fills from bytes held in the pickle."""
+    if subtype is not _NDARRAY or shape != (0,):  # numpy 1.x and 2.x both write exactly (0,)
+        raise _Refused(
+            f"array reconstruction with unexpected arguments ({type(subtype).__name__}, {shape!r})"
+        )
+    return _multiarray._reconstruct(np.ndarray, shape, dtype)
+
+
 _ALLOWED: dict[tuple[str, str], Any] = {
-    ("numpy", "ndarray"): np.ndarray,
+    ("numpy", "ndarray"): _NDARRAY,
     ("numpy", "dtype"): np.dtype,
 }
 for _module in ("numpy.core.multiarray", "numpy._core.multiarray"):
-    _ALLOWED[(_module, "_reconstruct")] = _multiarray._reconstruct
+    _ALLOWED[(_module, "_reconstruct")] = _reconstruct
     _ALLOWED[(_module, "scalar")] = _multiarray.scalar
 
 # How numpy-1.x DeepFaceLab must find these callables when it reads what we write.
@@ -67,6 +92,8 @@ def restricted_loads(data: bytes, source: str) -> object:
         return _RestrictedUnpickler(io.BytesIO(data), source).load()
     except DFLFormatError:
         raise
+    except _Refused as exc:
+        raise UnsafePickleError(f"{source}: metadata pickle asks for {exc}; refusing to load it") from None
     except Exception as exc:  # pickle raises many types (EOFError, UnpicklingError, ValueError...)
         raise DFLFormatError(f"{source}: metadata pickle is corrupt ({type(exc).__name__}: {exc})") from exc
 
