@@ -13,6 +13,7 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
+from torchsae.config import MASK_POLICIES
 from torchsae.dfl.errors import DFLFormatError
 from torchsae.dfl.geometry import recrop_mat
 from torchsae.dfl.meta import DFLMeta, decode_xseg_mask
@@ -32,7 +33,6 @@ _HULL_GROUPS: tuple[tuple[tuple[int, int], ...], ...] = (
     ((27, 31), (31, 36)),  # nose
 )
 EYES_MOUTH_GROUPS = ((36, 42), (42, 48), (60, 68))  # right eye, left eye, inner mouth
-MASK_POLICIES = ("xseg", "hull", "full", "require")
 
 
 def _expanded_brows(landmarks: np.ndarray, eyebrows_expand_mod: float) -> np.ndarray:
