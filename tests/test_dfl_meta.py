@@ -142,6 +142,8 @@ def test_old_list_format_ie_polys() -> None:
         [(kind, got)] = meta.ie_polys()
         assert kind == 1 and got.dtype == np.float32
         np.testing.assert_array_equal(got, pts)
+    with pytest.raises(DFLFormatError, match="seg_ie_polys"):
+        DFLMeta.from_dict({"seg_ie_polys": {"polys": [{"kind": 1}]}}, "b.jpg").ie_polys()
 
 
 def test_xseg_png_round_trip(tmp_path: Path) -> None:

@@ -90,9 +90,12 @@ class DFLMeta:
         polys = self.seg_ie_polys
         if polys is None:
             return []
-        if isinstance(polys, dict):
-            polys = [(p.get("type"), p.get("pts")) for p in polys.get("polys", [])]
-        return [(int(kind), np.asarray(pts, dtype=np.float32).reshape(-1, 2)) for kind, pts in polys]
+        try:
+            if isinstance(polys, dict):
+                polys = [(p["type"], p["pts"]) for p in polys.get("polys", [])]
+            return [(int(kind), np.asarray(pts, dtype=np.float32).reshape(-1, 2)) for kind, pts in polys]
+        except (TypeError, ValueError, KeyError, AttributeError) as exc:
+            raise DFLFormatError(f"seg_ie_polys is malformed ({type(exc).__name__}: {exc})") from exc
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], source: str, image_hw: tuple[int, int] | None = None) -> DFLMeta:
