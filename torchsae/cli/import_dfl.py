@@ -1,0 +1,71 @@
+"""``torchsae import-dfl``: a DeepFaceLab SAEHD model folder -> a TorchSAE checkpoint to resume.
+
+Why a command of its own: years of DeepFaceLab training live in model folders; one command turns a
+folder into ``models/imported.pth``, and ``torchsae train --resume models/imported.pth`` continues at
+the same iteration with the same options, weights and optimizer moments.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+
+from torchsae.errors import TorchSAEError
+
+
+def _ask_model(folder: Path) -> str | None:
+    """In an interactive terminal, ask which model to import when the folder holds several."""
+    from torchsae.dfl.model_options import find_models
+
+    names = find_models(folder)
+    if len(names) < 2 or not (sys.stdin.isatty() and sys.stdout.isatty()):
+        return None  # import_dfl_model picks the only one, or reports the choice
+    return click.prompt("Several SAEHD models in this folder; import which", type=click.Choice(names))
+
+
+@click.command("import-dfl")
+@click.argument("folder", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--model-name", default=None, help="Model to import: NAME of NAME_SAEHD_data.dat.")
+@click.option(
+    "--output",
+    required=True,
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Checkpoint to write, e.g. models/imported.pth.",
+)
+@click.option("--force", is_flag=True, help="Replace OUTPUT if it exists.")
+def import_dfl_cmd(folder: Path, model_name: str | None, output: Path, force: bool) -> None:
+    """Import a DeepFaceLab SAEHD model folder as a TorchSAE checkpoint at the same iteration.
+
+    \b
+    DeepFaceLab's src is TorchSAE's B (the identity rendered in); dst is A (the faces to replace):
+    decoder_src -> decoder B, decoder_dst -> decoder A, random_src_flip -> random_flip_b.
+    Then:  torchsae train --resume OUTPUT --data-dir-a <dst faces> --data-dir-b <src faces>
+    """
+    from torchsae.dfl.model_import import import_dfl_model
+
+    try:
+        if output.exists() and not force:
+            raise TorchSAEError(f"{output}: already exists; pass --force to replace it")
+        if model_name is None:
+            model_name = _ask_model(folder)
+        result = import_dfl_model(folder, output, model_name)
+    except TorchSAEError as exc:
+        raise click.ClickException(str(exc)) from exc
+    for line in result.warnings:
+        click.echo(f"Warning: {line}", err=True)
+    for line in result.notes:
+        click.echo(f"Note: {line}", err=True)
+    cfg = result.config
+    click.echo(
+        f"wrote {result.output}: {result.model_name} {cfg.model.archi} {cfg.model.resolution}px "
+        f"{cfg.model.face_type}, step {result.step}, optimizer {cfg.optim.optimizer}"
+    )
+    click.echo(f"networks: {', '.join(result.networks)}")
+    click.echo(
+        f"optimizer moments: {', '.join(result.optimizers) if result.optimizers else 'none (start from zero)'}"
+    )
+    click.echo(
+        f"continue with: torchsae train --resume {result.output} --data-dir-a DST_FACES --data-dir-b SRC_FACES"
+    )

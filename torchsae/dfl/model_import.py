@@ -1,0 +1,277 @@
+"""A DeepFaceLab SAEHD model folder -> a TorchSAE checkpoint that ``torchsae train --resume`` continues.
+
+What is read (spec §2, §4; every file through the restricted unpickler):
+
+* ``<name>_SAEHD_data.dat``: iteration and options -> the Config (``model_options``).
+* one weight pickle per network, ``{'<sub/path>/weight:0': ndarray}`` in TensorFlow layouts. DF:
+  ``encoder``, ``inter``, ``decoder_src`` (-> ``decoder_b``), ``decoder_dst`` (-> ``decoder_a``);
+  LIAE: ``encoder``, ``inter_AB``, ``inter_B``, ``decoder``. ``code_discriminator`` and ``GAN`` when
+  the options use them. ``models.tf_layout`` renames keys and transposes kernels.
+* the optimizers ``src_dst_opt``, ``D_code_opt``, ``GAN_opt``: ``iters:0`` plus, per weight
+  ``<net>/<sub/path>/weight:0``, AdaBelief's ``ms_<net>/<sub/path>/weight_0:0`` and ``vs_...`` or
+  RMSprop's ``acc_...`` (the TF slot names), in the weight's own layout.
+
+Nothing is written until every file has been read and checked; the checkpoint then goes through
+``save_checkpoint`` (temp name + rename), so an error leaves no file at the output path.
+
+torch is imported inside the functions: ``torchsae.dfl`` stays importable without it.
+"""
+
+from __future__ import annotations
+
+import numbers
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from torchsae.dfl.errors import DFLFormatError
+from torchsae.dfl.model_options import (
+    DFLModelData,
+    choose_model,
+    describe_unsupported,
+    options_to_config,
+    read_dfl_pickle,
+    read_model_data,
+)
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
+
+    from torchsae.config import Config
+
+# DeepFaceLab network file -> SAEHD submodule, per archi type. src is B, dst is A.
+NETWORKS: dict[str, tuple[tuple[str, str], ...]] = {
+    "df": (
+        ("encoder", "encoder"),
+        ("inter", "inter"),
+        ("decoder_src", "decoder_b"),
+        ("decoder_dst", "decoder_a"),
+    ),
+    "liae": (
+        ("encoder", "encoder"),
+        ("inter_AB", "inter_ab"),
+        ("inter_B", "inter_b"),
+        ("decoder", "decoder"),
+    ),
+}
+G_OPTIMIZER_FILE = "src_dst_opt"
+
+
+@dataclass(frozen=True)
+class Discriminator:
+    """One optional DeepFaceLab discriminator: its files, TF scope and TorchSAE trainer name."""
+
+    name: str  # key in the checkpoint's "discriminators" / "optimizers"
+    weights_file: str
+    optimizer_file: str
+    scope: str  # the TF variable scope, which prefixes the optimizer's slot names
+
+
+DISCRIMINATORS = (
+    Discriminator("code", "code_discriminator", "D_code_opt", "dis"),
+    Discriminator("gan", "GAN", "GAN_opt", "D_src"),
+)
+SLOTS = {"adabelief": (("ms_", "exp_avg"), ("vs_", "exp_avg_var")), "rmsprop": (("acc_", "square_avg"),)}
+
+
+@dataclass
+class ImportResult:
+    """What ``import_dfl_model`` wrote and what the user should know about it."""
+
+    output: Path
+    model_name: str
+    step: int
+    config: Config
+    networks: list[str]
+    optimizers: list[str]
+    warnings: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+
+def net_path(folder: Path, name: str, net: str) -> Path:
+    """``<folder>/<name>_SAEHD_<net>.npy``: DeepFaceLab's file for one network or optimizer."""
+    return folder / f"{name}_SAEHD_{net}.npy"
+
+
+def _read_weight_dict(path: Path) -> dict[str, np.ndarray]:
+    """A weight or optimizer pickle: a dict with string keys, checked before any conversion."""
+    data = read_dfl_pickle(path)
+    if not isinstance(data, dict) or not all(isinstance(k, str) for k in data):
+        raise DFLFormatError(
+            f"{path}: expected a dict of TensorFlow variable names, got {type(data).__name__}"
+        )
+    return data
+
+
+def load_network(module: nn.Module, path: Path) -> None:
+    """Load one network's DeepFaceLab weights into ``module`` (every key, exact shapes)."""
+    from torchsae.models.tf_layout import tf_to_state_dict
+
+    module.load_state_dict(tf_to_state_dict(_read_weight_dict(path), module, str(path)))
+
+
+def slot_key(prefix: str, scope: str, tf_key: str) -> str:
+    """The optimizer slot name of a weight: ``ms_`` + ``encoder/down1/...weight:0`` -> ``..weight_0:0``."""
+    return f"{prefix}{scope}/{tf_key.removesuffix(':0')}_0:0"
+
+
+def load_moments(
+    path: Path, modules: list[tuple[str, nn.Module]], optimizer: str
+) -> tuple[dict[torch.Tensor, dict[str, torch.Tensor]], int]:
+    """Read an optimizer pickle into ``{parameter: {state name: tensor}}`` plus its ``iters``.
+
+    ``modules`` pairs each TF scope with the module whose parameters it holds. Every slot of every
+    parameter must be present with the parameter's TF shape; a slot of the other optimizer kind, an
+    unknown key or a missing one is an error naming the file and the key.
+    """
+    from torchsae.models.tf_layout import tf_array_to_torch, tf_shape, torch_key_to_tf
+
+    data = _read_weight_dict(path)
+    if "iters:0" not in data:
+        raise DFLFormatError(f"{path}: key 'iters:0' is missing")
+    iters = data["iters:0"]
+    if not isinstance(iters, (numbers.Integral, np.ndarray)) or np.asarray(iters).shape != ():
+        raise DFLFormatError(f"{path}: key 'iters:0' must be an integer scalar, got {iters!r}")
+    expected: dict[str, tuple[torch.Tensor, str]] = {}
+    for scope, module in modules:
+        for name, param in module.named_parameters():
+            for prefix, state_name in SLOTS[optimizer]:
+                expected[slot_key(prefix, scope, torch_key_to_tf(name))] = (param, state_name)
+    other = next(k for k in SLOTS if k != optimizer)
+    state: dict[Any, dict[str, Any]] = {}
+    for key, array in data.items():
+        if key == "iters:0":
+            continue
+        if key not in expected:
+            if key.startswith(tuple(p for p, _ in SLOTS[other])):
+                raise DFLFormatError(
+                    f"{path}: slot {key!r} belongs to {other}, but the options say {optimizer} "
+                    "(option 'adabelief' and the optimizer file disagree)"
+                )
+            raise DFLFormatError(f"{path}: unexpected key {key!r} (no such weight in the network)")
+        param, state_name = expected[key]
+        if not isinstance(array, np.ndarray) or array.dtype.kind != "f":
+            raise DFLFormatError(f"{path}: key {key!r} is not a float array")
+        want = tf_shape(tuple(param.shape))
+        if tuple(array.shape) != want:
+            raise DFLFormatError(f"{path}: key {key!r} has shape {array.shape}, the network needs {want}")
+        state.setdefault(param, {})[state_name] = tf_array_to_torch(array).to(param.dtype)
+    missing = [k for k, (param, name) in expected.items() if name not in state.get(param, {})]
+    if missing:
+        more = " ..." if len(missing) > 3 else ""
+        raise DFLFormatError(f"{path}: key(s) {', '.join(repr(k) for k in missing[:3])}{more} missing")
+    return state, int(iters)
+
+
+def _optimizer_state(params: list, moments: dict, config: Config) -> dict[str, Any]:
+    """The optimizer state_dict the trainer loads: TorchSAE's own optimizer with DFL's moments in it."""
+    from torchsae.optim import build_optimizer
+
+    opt = build_optimizer(params, config.optim, pretrain=config.train.pretrain, seed=config.train.seed)
+    for param, slots in moments.items():
+        opt.state[param] = dict(slots)
+    return opt.state_dict()
+
+
+def import_dfl_model(folder: str | Path, output: str | Path, model_name: str | None = None) -> ImportResult:
+    """Import DeepFaceLab model ``model_name`` (default: the folder's only one) to checkpoint ``output``.
+
+    Raises a TorchSAEError naming the file (and key) for anything missing, truncated, mismatched or
+    hostile; ``output`` is written only after everything has been read and converted.
+    """
+    from torchsae.models import SAEHD, CodeDiscriminator, UNetPatchDiscriminator
+    from torchsae.train.checkpoint import save_checkpoint
+
+    folder, output = Path(folder), Path(output)
+    name = choose_model(folder, model_name)
+    data = read_model_data(folder, name)
+    imported = options_to_config(data)
+    config = imported.config
+    warnings = [describe_unsupported(imported.unsupported)] if imported.unsupported else []
+    notes = list(imported.notes)
+    optimizer = config.optim.optimizer
+
+    model = SAEHD(config.model)  # every weight is overwritten below
+    g_modules = [(net, getattr(model, attr)) for net, attr in NETWORKS[config.model.archi_type]]
+    for net, module in g_modules:
+        load_network(module, net_path(folder, name, net))
+    networks = [net for net, _ in g_modules]
+    optimizers: dict[str, Any] = {}
+    discriminators: dict[str, Any] = {}
+
+    wanted = {"code": config.loss.true_face_power > 0, "gan": config.loss.gan_power > 0}
+    disc_modules: dict[str, nn.Module] = {}
+    for disc in DISCRIMINATORS:
+        path = net_path(folder, name, disc.weights_file)
+        if not wanted[disc.name]:
+            if path.is_file():
+                notes.append(f"{path.name}: not used by the options (power 0), not imported")
+            continue
+        if disc.name == "code":
+            module: nn.Module = CodeDiscriminator(model.code_channels, model.code_resolution)
+        else:
+            module = UNetPatchDiscriminator(config.model.resolved_gan_patch_size, 3, config.model.gan_dims)
+        if not path.is_file():
+            notes.append(f"{path.name}: not found, the {disc.name} discriminator starts from scratch")
+            continue
+        load_network(module, path)
+        disc_modules[disc.name] = module
+        discriminators[disc.name] = module.state_dict()
+        networks.append(disc.weights_file)
+
+    iteration = data.iteration
+    opt_sources = [("model", G_OPTIMIZER_FILE, g_modules, list(model.parameters()))]
+    for disc in DISCRIMINATORS:
+        if disc.name in disc_modules:
+            module = disc_modules[disc.name]
+            opt_sources.append(
+                (disc.name, disc.optimizer_file, [(disc.scope, module)], list(module.parameters()))
+            )
+    for key, file, modules, params in opt_sources:
+        path = net_path(folder, name, file)
+        if not path.is_file():
+            notes.append(f"{path.name}: not found, {key} optimizer moments start from zero")
+            continue
+        moments, iters = load_moments(path, modules, optimizer)
+        if iters != iteration:
+            notes.append(
+                f"{path.name}: optimizer counted {iters} steps, the model {iteration}; using {iteration}"
+            )
+        optimizers[key] = _optimizer_state(params, moments, config)
+
+    state = {
+        "step": iteration,
+        "config": config.to_dict(),
+        "model": model.state_dict(),
+        "optimizers": optimizers,
+        "discriminators": discriminators,
+        "metrics": {"skipped_steps": 0, "history": _history(data, config.train.log_interval)},
+        "imported_from": {"format": "deepfacelab-saehd", "folder": str(folder), "model_name": name},
+    }
+    save_checkpoint(output, state)
+    return ImportResult(output, name, iteration, config, networks, list(optimizers), warnings, notes)
+
+
+def _history(data: DFLModelData, every: int) -> dict[str, list[list[float]]]:
+    """DeepFaceLab's per-iteration ``[src_loss, dst_loss]`` history as TorchSAE's logged history.
+
+    Entry i of the last len(history) iterations is step ``iter - len + i + 1``; one point per
+    ``every`` steps is kept, as the trainer logs. A malformed history is dropped, not an error: it
+    only draws the loss curve.
+    """
+    out: dict[str, list[list[float]]] = {"loss_a": [], "loss_b": []}
+    first = data.iteration - len(data.loss_history) + 1
+    for i, entry in enumerate(data.loss_history):
+        step = first + i
+        if step % every:
+            continue
+        try:
+            src, dst = (float(v) for v in entry[:2])
+        except (TypeError, ValueError):
+            return {"loss_a": [], "loss_b": []}
+        out["loss_b"].append([step, src])  # src = B
+        out["loss_a"].append([step, dst])  # dst = A
+    return out
