@@ -25,6 +25,7 @@ COMMANDS: dict[str, str] = {
     "bench": "torchsae.cli.bench:bench",
     "inspect": "torchsae.cli.faceset:inspect_cmd",
     "xseg": "torchsae.cli.faceset:xseg_group",
+    "import-dfl": "torchsae.cli.import_dfl:import_dfl_cmd",
 }
 
 
