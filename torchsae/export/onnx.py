@@ -70,6 +70,7 @@ def export_onnx(
 ) -> ExportResult:
     """Export ``model`` (an ``SAEHD`` with ``.swap``) to ``output``, verify it, then write it atomically.
 
+    The caller's model keeps its device and train/eval mode (a model on a GPU is copied to the CPU).
     ``faces`` are real faces (N, H, W, 3) BGR in [0, 1] to verify on besides the random inputs;
     ``step`` is the training step recorded in the metadata.
     """
@@ -79,20 +80,25 @@ def export_onnx(
     except ConfigError as exc:
         raise ExportError(f"{output}: {exc}") from exc
     resolution = model_cfg.resolution
-    model = model.cpu().eval()
-    reference = SwapGraph(model, layout)
-    if dtype == "fp16":
-        graph = SwapGraph(copy.deepcopy(model).half(), layout, torch.float16).eval()
-    else:
-        graph = reference
-    proto, exporter = trace_to_onnx(graph, layout, resolution, opset, str(output))
-    metadata = model_metadata(model_cfg, layout, dtype, opset, step, exporter)
-    _finish_proto(proto, metadata)
-    _pin_io_shapes(proto, layout, resolution)
-    data = check_proto(proto, opset, str(output))
-    report = verify_onnx(data, reference, layout, resolution, dtype, faces, label=str(output))
-    if layout == "dfm":
-        check_dfm_contract(data)
+    was_training = model.training
+    on_cpu = all(t.device.type == "cpu" for t in (*model.parameters(), *model.buffers()))
+    cpu_model = model if on_cpu else copy.deepcopy(model).cpu()  # never move the caller's model
+    try:
+        reference = SwapGraph(cpu_model.eval(), layout)
+        if dtype == "fp16":
+            graph = SwapGraph(copy.deepcopy(cpu_model).half(), layout, torch.float16).eval()
+        else:
+            graph = reference
+        proto, exporter = trace_to_onnx(graph, layout, resolution, opset, str(output))
+        metadata = model_metadata(model_cfg, layout, dtype, opset, step, exporter)
+        _finish_proto(proto, metadata)
+        _pin_io_shapes(proto, layout, resolution)
+        data = check_proto(proto, opset, str(output))
+        report = verify_onnx(data, reference, layout, resolution, dtype, faces, label=str(output))
+        if layout == "dfm":
+            check_dfm_contract(data)
+    finally:
+        model.train(was_training)
     atomic_write_bytes(output, data)
     return ExportResult(output, layout, dtype, opset, exporter, len(data), metadata, report)
 
