@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
+import os
 import sys
 import tempfile
 from pathlib import Path
@@ -75,7 +76,8 @@ def table(rows: list[dict], command: str, files: int) -> str:
     lines = [
         f"## Data path throughput per CPU core ({stamp})",
         "",
-        f"Machine: {machine_description()}, CPU only. Command: `{command}`. Faceset: {files} demo faces "
+        f"Machine: {machine_description()}, CPU only, load average {os.getloadavg()[0]:.1f} while measuring "
+        f"(other jobs shared the machine). Command: `{command}`. Faceset: {files} demo faces "
         "(512² whole_face JPEG q90, XSeg masks). One sample = warped + target + full-face mask + eyes/mouth "
         "mask of one side. Rates are samples per process-CPU second on one core (torch and OpenCV "
         "single-threaded; DALI with one worker thread, its executor threads charged too); page cache warm.",
