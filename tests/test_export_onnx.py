@@ -185,8 +185,10 @@ def test_our_dfm_reproduces_deepfacelab(tmp_path: Path, dtype: str, bound: float
 def test_export_leaves_caller_model_alone(tmp_path: Path) -> None:
     model, cfg = tiny("df-ud")
     model.train()
+    rng_state = torch.get_rng_state()
     export_onnx(model, tmp_path / "m.onnx", cfg)
     assert model.training
+    assert torch.equal(torch.get_rng_state(), rng_state)  # exporting mid-training must not shift the RNG
 
 
 def test_failed_verification_leaves_no_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -124,7 +124,8 @@ def _export_with(exporter: str, graph: nn.Module, layout: str, resolution: int, 
     import onnx
 
     spec = LAYOUTS[layout]
-    sample = torch.rand(spec.input_shape(2, resolution))  # batch 2: torch.export specialises 0 and 1
+    # batch 2: torch.export specialises sizes 0 and 1; a private generator leaves the caller's RNG alone
+    sample = torch.rand(spec.input_shape(2, resolution), generator=torch.Generator().manual_seed(0))
     names = dict(input_names=[spec.input_name], output_names=list(spec.output_names), opset_version=opset)
     with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()), torch.no_grad():
         warnings.simplefilter("ignore")
