@@ -98,12 +98,12 @@ def apply_geometry(
         target = _resize(target, res, "bicubic")
         warped = target if warped is target else _resize(warped, res, "bicubic")
         mask_pair = _resize(mask_pair, res, "bilinear")
-    target = target.clamp(0.0, 1.0)
-    warped = target.clone() if warped is target else warped.clamp(0.0, 1.0)
-    mask_pair = mask_pair.clamp(0.0, 1.0)
+    target = target.clamp_(0.0, 1.0)
+    warped = target.clone() if warped is target else warped.clamp_(0.0, 1.0)
+    mask_pair = mask_pair.clamp_(0.0, 1.0)
     em = mask_pair[:, 1:2]
-    peak = em.amax(dim=(2, 3), keepdim=True)
-    em = torch.where(peak > 0, em / torch.where(peak > 0, peak, torch.ones_like(peak)), em)
+    # DFL divides by the max after warping; an all-zero mask stays zero (0 / tiny = 0).
+    em = em / em.amax(dim=(2, 3), keepdim=True).clamp_min(1e-12)
     return {"warped": warped, "target": target, "mask": mask_pair[:, 0:1].contiguous(), "em": em}
 
 

@@ -207,7 +207,7 @@ def test_every_mode_moves_colour_toward_reference(mode: str, faces: tuple[np.nda
 
 
 def test_random_transfers_are_reproducible_by_generator(faces: tuple[np.ndarray, np.ndarray]) -> None:
-    img, ref = _t(faces[0]), _t(faces[1])
+    img, ref = _t(faces[0][::2, ::2]), _t(faces[1][::2, ::2])  # 32 px keeps this quick
     for fn in (idt, sot):
         one = fn(img, ref, torch.Generator().manual_seed(4))
         two = fn(img, ref, torch.Generator().manual_seed(4))
