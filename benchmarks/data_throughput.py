@@ -27,12 +27,12 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from dfl_baseline import dfl_batch  # noqa: E402
+from results import append_results  # noqa: E402
 
 from pipelines.bench import machine_description, measure, run_timed  # noqa: E402
 from pipelines.dali_loader import dali_available  # noqa: E402
 from pipelines.index import ensure_index  # noqa: E402
 
-RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
 TARGETS = {128: {"host": 20.0, "full": 12.0}, 256: {"host": 20.0, "full": 8.0}}
 
 
@@ -103,16 +103,6 @@ def table(rows: list[dict], command: str, files: int) -> str:
             f"{100 * r['host_fraction_of_ceiling']:.0f}% | ≥{target['host']:.0f}×, ≥{target['full']:.0f}× |"
         )
     return "\n".join(lines) + "\n"
-
-
-def append_results(section: str) -> None:
-    """Append (re-reading the file first: other benchmarks append to it too)."""
-    from torchsae.fileio import atomic_write_text
-
-    current = (
-        RESULTS.read_text() if RESULTS.exists() else "# Benchmark results\n\nMeasured tables, newest last.\n"
-    )
-    atomic_write_text(RESULTS, current.rstrip("\n") + "\n\n" + section)
 
 
 def main() -> None:

@@ -25,7 +25,7 @@ import fcntl
 import json
 import os
 import shutil
-import tempfile
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -258,7 +258,8 @@ def _write_generation(
     ``rows`` pairs each manifest entry with either an ``Indexed`` (new) or ``(old_index, row)`` (reused).
     """
     family.mkdir(parents=True, exist_ok=True)
-    build = Path(tempfile.mkdtemp(prefix=".build-", dir=family))
+    build = family / f".build-{uuid.uuid4().hex}"
+    build.mkdir()  # not mkdtemp: its 0700 would hide the index from other users of a shared faceset
     count = len(rows)
     masks = np.lib.format.open_memmap(
         build / "masks.npy", mode="w+", dtype=np.uint8, shape=(count, 2, resolution, resolution)
@@ -357,7 +358,8 @@ def build_index(
     progress: bool = True,
     verify: bool = False,
 ) -> BuildReport:
-    """(Re)build the side index incrementally under the lock, even if it is up to date."""
+    """Bring the side index up to date under the lock (a no-op that keeps the live generation when
+    nothing changed) and report what was done. ``workers`` defaults to every core."""
     root = Path(root)
     _check_args(root, resolution, policy)
     workers = workers if workers is not None else (os.cpu_count() or 1)
@@ -365,19 +367,8 @@ def build_index(
         return _build_locked(root, resolution, policy, workers, progress, verify)
 
 
-def ensure_index(
-    root: str | Path,
-    resolution: int,
-    policy: str = "xseg",
-    workers: int | None = None,
-    progress: bool = True,
-    verify: bool = False,
-) -> FacesetIndex:
-    """Load the index, rebuilding it first if the faceset changed. Safe to call from every rank."""
-    root = Path(root)
-    _check_args(root, resolution, policy)
-    workers = workers if workers is not None else (os.cpu_count() or 1)
-    with build_lock(root):
-        if is_stale(root, resolution, policy, verify):
-            return _build_locked(root, resolution, policy, workers, progress, verify).index
-        return load_index(root, resolution, policy)
+def ensure_index(root: str | Path, resolution: int, policy: str = "xseg", **options) -> FacesetIndex:
+    """The up-to-date index, built first where the faceset changed; safe to call from every rank (the
+    first rank on a node builds under the lock, the others wait and then find nothing to do).
+    ``options`` are build_index's ``workers``, ``progress`` and ``verify``."""
+    return build_index(root, resolution, policy, **options).index
