@@ -107,6 +107,18 @@ def _interp(x: torch.Tensor, xp: torch.Tensor, fp: torch.Tensor) -> torch.Tensor
     return torch.where(x >= xp[..., last:], fp[..., last:], out)
 
 
+def _interp_uniform(
+    x: torch.Tensor, start: torch.Tensor, step: torch.Tensor, fp: torch.Tensor
+) -> torch.Tensor:
+    """``_interp`` for the evenly spaced xp = start + k·step (k = 0..B−1): the index is arithmetic."""
+    last = fp.shape[-1] - 1
+    pos = ((x - start) / step.clamp_min(1e-12)).clamp(0, last)
+    lo = pos.floor().long().clamp(max=max(last - 1, 0))
+    frac = pos - lo
+    f0, f1 = fp.gather(-1, lo), fp.gather(-1, (lo + 1).clamp(max=last))
+    return f0 + frac * (f1 - f0)
+
+
 def _cdf(values: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor, bins: int) -> torch.Tensor:
     """Normalised cumulative histogram on [lo, hi] with ``bins`` equal bins (numpy's edge rules)."""
     width = (hi - lo).clamp_min(1e-12)
@@ -130,18 +142,21 @@ def idt(
     Values below the first histogram edge use np.interp's default (clamp to the first value); DFL
     passes left=0 there, which sends the darkest 1/256 of each projection toward 0 (not reproduced).
     """
-    x, r = _flat(image), _flat(reference)
+    # float32 like DFL: this loop is memory-bound and 256-bin histograms need no more precision.
+    x = image.reshape(image.shape[0], image.shape[1], -1).float()
+    r = reference.reshape(reference.shape[0], reference.shape[1], -1).float()
     relaxation = 1.0 / rotations
     mats = random_rotations(rotations * x.shape[0], generator).view(rotations, x.shape[0], 3, 3)
-    mats = mats.to(x.device)
+    mats = mats.to(device=x.device, dtype=x.dtype)
     for rot in mats:
         xr, rr = rot @ x, rot @ r
         lo = torch.minimum(xr.amin(-1, keepdim=True), rr.amin(-1, keepdim=True))
         hi = torch.maximum(xr.amax(-1, keepdim=True), rr.amax(-1, keepdim=True))
-        edges = lo + (hi - lo) * torch.arange(1, bins + 1, dtype=x.dtype, device=x.device) / bins
+        step = (hi - lo) / bins
+        edges = lo + step * torch.arange(1, bins + 1, dtype=x.dtype, device=x.device)
         cdf_x, cdf_r = _cdf(xr, lo, hi, bins), _cdf(rr, lo, hi, bins)
         matched_edges = _interp(cdf_x, cdf_r, edges)
-        moved = _interp(xr, edges, matched_edges)
+        moved = _interp_uniform(xr, lo + step, step, matched_edges)
         x = x + relaxation * (rot.transpose(-1, -2) @ (moved - xr))
     return x.reshape(image.shape).to(image.dtype).clamp(0.0, 1.0)
 
