@@ -102,30 +102,14 @@ def bgr_to_hsv(bgr: torch.Tensor) -> torch.Tensor:
 
 
 def hsv_to_bgr(hsv: torch.Tensor) -> torch.Tensor:
-    """OpenCV float HSV (H in degrees) → BGR; the six-sector formula; NCHW."""
-    hue, sat, value = hsv[:, 0], hsv[:, 1], hsv[:, 2]
-    h = torch.remainder(hue / 60.0, 6.0)
-    sector = h.floor().clamp(0, 5)
-    frac = h - sector
-    p = value * (1 - sat)
-    q = value * (1 - sat * frac)
-    t = value * (1 - sat * (1 - frac))
-    # (r, g, b) per sector 0..5
-    choices = (
-        (value, t, p),
-        (q, value, p),
-        (p, value, t),
-        (p, q, value),
-        (t, p, value),
-        (value, p, q),
-    )
-    sector = sector.long()
-    r = torch.zeros_like(value)
-    g = torch.zeros_like(value)
-    b = torch.zeros_like(value)
-    for k, (rk, gk, bk) in enumerate(choices):
-        hit = sector == k
-        r = torch.where(hit, rk, r)
-        g = torch.where(hit, gk, g)
-        b = torch.where(hit, bk, b)
-    return torch.stack([b, g, r], 1)
+    """OpenCV float HSV (H in degrees) → BGR; NCHW.
+
+    The closed form of the six-sector formula: channel = V − V·S·clip(min(k, 4 − k), 0, 1) with
+    k = (n + H/60) mod 6 and n = 5, 3, 1 for R, G, B — one broadcast over the channel axis instead
+    of six masked selections.
+    """
+    hue, sat, value = hsv[:, 0:1], hsv[:, 1:2], hsv[:, 2:3]
+    offsets = torch.tensor([1.0, 3.0, 5.0], dtype=hsv.dtype, device=hsv.device).view(1, 3, 1, 1)
+    k = torch.remainder(offsets + hue / 60.0, 6.0)
+    ramp = torch.minimum(k, 4.0 - k).clamp_(0.0, 1.0)
+    return value - value * sat * ramp
