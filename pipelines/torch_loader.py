@@ -127,6 +127,11 @@ class JpegBatchDataset:
         return self.__getitems__([index])
 
 
+def _one_cv2_thread(_worker_id: int) -> None:
+    """Each worker is one core's worth of decoding; OpenCV's own thread pool would oversubscribe."""
+    cv2.setNumThreads(1)
+
+
 def _passthrough(batch: dict[str, Any]) -> dict[str, Any]:
     """Collation already happened in ``__getitems__``; a module-level function so workers can pickle it."""
     return batch
@@ -163,7 +168,11 @@ class TorchLoader:
         sampler = _BatchSampler(self.stream, self.batch_size, self.epoch, self.position)
         extra: dict[str, Any] = {}
         if self.workers > 0:
-            extra = {"persistent_workers": True, "prefetch_factor": self.prefetch_factor}
+            extra = {
+                "persistent_workers": True,
+                "prefetch_factor": self.prefetch_factor,
+                "worker_init_fn": _one_cv2_thread,
+            }
         loader = DataLoader(
             self.dataset,  # type: ignore[arg-type]
             batch_sampler=sampler,

@@ -16,6 +16,8 @@ from torchsae.config import Config, DataConfig, ModelConfig, TrainConfig
 from torchsae.errors import TorchSAEError
 
 RES = 64
+# the test facesets mix DFL's full_face fixture into whole_face ones; the warning has its own test
+pytestmark = pytest.mark.filterwarnings("ignore:.*crops but the model is:UserWarning")
 
 
 def _config(tmp: Path, backend: str = "torch", ct_mode: str = "none") -> Config:
@@ -136,3 +138,8 @@ def test_sides_draw_different_orders(tmp_path: Path) -> None:
     a = torch.cat([b["index_a"] for b in orders])[:5].tolist()
     b = torch.cat([b["index_b"] for b in orders])[:5].tolist()
     assert a != b
+
+
+def test_face_type_mismatch_is_reported(tmp_path: Path) -> None:
+    with pytest.warns(UserWarning, match=r"1 of 6 faces are full_face crops but the model is whole_face"):
+        make_train_batches(_config(tmp_path), augmenter=RecordingIdentity(), progress=False)
