@@ -87,7 +87,8 @@ def load_model(args: argparse.Namespace) -> tuple[SAEHD, ModelConfig]:
 def measure(args: argparse.Namespace, workdir: Path) -> tuple[list[dict], ModelConfig]:
     model, cfg = load_model(args)
     res = cfg.resolution
-    torch.set_num_threads(cpu_cores())
+    threads = args.threads or cpu_cores()
+    torch.set_num_threads(threads)
     fp32_path = workdir / "sae_fp32.onnx"
     export_onnx(model, fp32_path, cfg, layout="torchsae", opset=args.opset)
     runtimes: dict[str, Callable[[np.ndarray], object]] = {}
@@ -97,7 +98,7 @@ def measure(args: argparse.Namespace, workdir: Path) -> tuple[list[dict], ModelC
             return [t.numpy() for t in model.swap(torch.from_numpy(x))]
 
     runtimes["PyTorch eager CPU fp32"] = torch_cpu
-    cpu_session = make_session(fp32_path, spin=True)
+    cpu_session = make_session(fp32_path, threads=threads, spin=True)
     runtimes["ONNX Runtime CPU fp32"] = lambda x: cpu_session.run(None, {"face": x})
     if torch.cuda.is_available():
         add_gpu_runtimes(runtimes, model, cfg, workdir, args)
@@ -152,7 +153,8 @@ def table(rows: list[dict], cfg: ModelConfig, command: str) -> str:
         f"## Export latency: {cfg.archi} {cfg.resolution}px (ae {cfg.ae_dims}, e {cfg.resolved_e_dims}, "
         f"d {cfg.resolved_d_dims}, mask {cfg.resolved_d_mask_dims})",
         "",
-        f"{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC. Machine: {machine()}; load average "
+        f"{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC. Machine: {machine()}; "
+        f"{torch.get_num_threads()} CPU thread(s) per runtime; load average "
         f"at the end {load:.1f}. torch {torch.__version__}, onnxruntime {_ort_version()}. Command: `{command}`. "
         "Median wall time per call (runtimes interleaved), host float32 in and out.",
         "",
@@ -210,6 +212,9 @@ def main() -> None:
     )
     parser.add_argument("--batches", type=int, nargs="+", default=[1, 8])
     parser.add_argument("--opset", type=int, default=17)
+    parser.add_argument(
+        "--threads", type=int, default=None, help="CPU threads for both runtimes (default: all cores)"
+    )
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--iters", type=int, default=20)
     parser.add_argument("--no-append", action="store_true", help="print the table, do not touch RESULTS.md")
