@@ -204,5 +204,8 @@ class TorchLoader:
         self.failed = int(state.get("failed", 0))
 
     def close(self) -> None:
-        """Stop the worker processes (a fresh iterator starts on the next ``next``)."""
-        self._iterator = None
+        """Stop the worker processes now (a fresh iterator starts on the next ``next``)."""
+        iterator, self._iterator = self._iterator, None
+        shutdown = getattr(iterator, "_shutdown_workers", None)  # not left to the garbage collector
+        if shutdown is not None:
+            shutdown()
