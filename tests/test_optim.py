@@ -192,6 +192,10 @@ def test_clip_grad_norm_leaves_small_grads_untouched() -> None:
     norm = clip_grad_norm([a, torch.nn.Parameter(torch.zeros(2))])
     assert norm.item() == pytest.approx(math.sqrt(0.14), rel=1e-6)
     assert torch.equal(a.grad, before)  # no epsilon: exactly unchanged below the threshold
+    b = torch.nn.Parameter(torch.zeros(2))
+    b.grad = torch.tensor([1.0, 0.0])  # norm exactly 1: DFL leaves it (torch's +1e-6 would shrink it)
+    clip_grad_norm([b])
+    assert torch.equal(b.grad, torch.tensor([1.0, 0.0]))
 
 
 def test_build_optimizer_follows_the_config() -> None:
