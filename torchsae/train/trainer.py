@@ -64,7 +64,9 @@ def train(config: Config, resume: Path | None = None) -> TrainResult:
     """Train as configured (one process, or one rank of a torchrun job) and return where it ended."""
     info = init_distributed(config.train.device)
     try:
-        return _train(config, resume, info)
+        # handlers first: a stop requested during set-up still ends with a saved, whole step
+        with StopRequest(announce=info.is_main) as stop:
+            return _train(config, resume, info, stop)
     finally:
         shutdown(info)
 
@@ -106,7 +108,7 @@ def state_digest(state_dict: dict[str, torch.Tensor]) -> str:
     return digest.hexdigest()
 
 
-def _train(cfg: Config, resume: Path | None, info: DistInfo) -> TrainResult:
+def _train(cfg: Config, resume: Path | None, info: DistInfo, stop: StopRequest) -> TrainResult:
     device = info.device
     run_dir = Path(cfg.train.run_dir)
     models_dir, logs_dir = run_dir / "models", run_dir / "logs"
@@ -236,86 +238,85 @@ def _train(cfg: Config, resume: Path | None, info: DistInfo) -> TrainResult:
         ckpt.restore_rng_state(rng_state)  # last, so set-up above cannot shift the random streams
     stopped = False
     drawn: list[list[int]] | None = [] if os.environ.get("TORCHSAE_TEST_PROBE_DIR") else None
-    with StopRequest(announce=info.is_main) as stop:
-        while step < cfg.train.max_steps:
-            _test_fail_hook(step, info.rank)
-            lr = lr_at(step, cfg.optim.lr, lr_dropout)
-            for opt in optimizers.values():
-                for group in opt.param_groups:
-                    group["lr"] = lr
+    while step < cfg.train.max_steps:
+        _test_fail_hook(step, info.rank)
+        lr = lr_at(step, cfg.optim.lr, lr_dropout)
+        for opt in optimizers.values():
+            for group in opt.param_groups:
+                group["lr"] = lr
 
-            # ---- G step (gradient accumulation over grad_accum micro-batches) ----
-            loss_total = torch.zeros((), device=device)
-            for micro in range(cfg.train.grad_accum):
-                batch = loss_fn.prepare_targets(next(data))
-                if drawn is not None:  # test probe only: a host sync per step
-                    drawn.append(batch["index_a"].tolist())
-                sync = micro == cfg.train.grad_accum - 1 or not info.distributed
-                with contextlib.nullcontext() if sync else ddp_model.no_sync():
-                    with autocast():
-                        out = forward(batch["warped_a"], batch["warped_b"], loss_fn.needs_swap_ng)
-                    loss, terms = loss_fn(
-                        out, batch, _unwrap(ddp_discs.get("code")), _unwrap(ddp_discs.get("gan"))
-                    )
-                    scaler.scale(loss).backward()
-                loss_total = loss_total + loss.detach()
-            opt_g = optimizers["model"]
-            if use_scaler:
-                scaler.unscale_(opt_g)
-            grad_norm = clip_grad_norm(g_params) if cfg.optim.clipgrad else _grad_norm(g_params, device)
-            bad = ~torch.isfinite(loss_total) if use_scaler else ~torch.isfinite(loss_total + grad_norm)
-            flags = any_true(info, torch.stack([bad, torch.tensor(stop.requested, device=device)]))
-            bad_step, stop_now = (bool(v) for v in flags.tolist())  # the one host sync of the step
-            if bad_step:
-                metrics["skipped_steps"] += 1
-                consecutive_bad += 1
-            else:
-                scaler.step(opt_g)  # with fp16 the scaler itself skips steps with inf gradients
-                consecutive_bad, restores = 0, 0
-            if use_scaler:
-                scaler.update()
-            for opt in optimizers.values():
-                opt.zero_grad(set_to_none=True)
-
-            # ---- discriminator steps on a fresh forward pass ----
-            if discs and not bad_step:
-                terms.update(
-                    _discriminator_steps(cfg, loss_fn, ddp_model, ddp_discs, optimizers, batch, autocast)
+        # ---- G step (gradient accumulation over grad_accum micro-batches) ----
+        loss_total = torch.zeros((), device=device)
+        for micro in range(cfg.train.grad_accum):
+            batch = loss_fn.prepare_targets(next(data))
+            if drawn is not None:  # test probe only: a host sync per step
+                drawn.append(batch["index_a"].tolist())
+            sync = micro == cfg.train.grad_accum - 1 or not info.distributed
+            with contextlib.nullcontext() if sync else ddp_model.no_sync():
+                with autocast():
+                    out = forward(batch["warped_a"], batch["warped_b"], loss_fn.needs_swap_ng)
+                loss, terms = loss_fn(
+                    out, batch, _unwrap(ddp_discs.get("code")), _unwrap(ddp_discs.get("gan"))
                 )
+                scaler.scale(loss).backward()
+            loss_total = loss_total + loss.detach()
+        opt_g = optimizers["model"]
+        if use_scaler:
+            scaler.unscale_(opt_g)
+        grad_norm = clip_grad_norm(g_params) if cfg.optim.clipgrad else _grad_norm(g_params, device)
+        bad = ~torch.isfinite(loss_total) if use_scaler else ~torch.isfinite(loss_total + grad_norm)
+        flags = any_true(info, torch.stack([bad, torch.tensor(stop.requested, device=device)]))
+        bad_step, stop_now = (bool(v) for v in flags.tolist())  # the one host sync of the step
+        if bad_step:
+            metrics["skipped_steps"] += 1
+            consecutive_bad += 1
+        else:
+            scaler.step(opt_g)  # with fp16 the scaler itself skips steps with inf gradients
+            consecutive_bad, restores = 0, 0
+        if use_scaler:
+            scaler.update()
+        for opt in optimizers.values():
+            opt.zero_grad(set_to_none=True)
 
-            step += 1
-            if not bad_step:
-                for name, value in terms.items():
-                    sums[name] = sums.get(name, 0.0) + value.float()
-                sums_count += 1
-            logger.step()
+        # ---- discriminator steps on a fresh forward pass ----
+        if discs and not bad_step:
+            terms.update(
+                _discriminator_steps(cfg, loss_fn, ddp_model, ddp_discs, optimizers, batch, autocast)
+            )
 
-            if consecutive_bad >= NONFINITE_LIMIT:
-                restores += 1
-                if last_path is None or restores > MAX_RESTORES:
-                    raise DivergedError(
-                        f"{models_dir}: {consecutive_bad} non-finite steps in a row at step {step} and no "
-                        "checkpoint restores training; lower --lr, turn on --clipgrad, or check the data"
-                    )
-                _load_weights(ckpt.load_checkpoint(last_path), model, discs, optimizers, scaler, last_path)
-                logger.message(
-                    f"{consecutive_bad} non-finite steps in a row at step {step}: restored the weights and "
-                    f"optimiser state of {last_path}; training goes on with new batches"
+        step += 1
+        if not bad_step:
+            for name, value in terms.items():
+                sums[name] = sums.get(name, 0.0) + value.float()
+            sums_count += 1
+        logger.step()
+
+        if consecutive_bad >= NONFINITE_LIMIT:
+            restores += 1
+            if last_path is None or restores > MAX_RESTORES:
+                raise DivergedError(
+                    f"{models_dir}: {consecutive_bad} non-finite steps in a row at step {step} and no "
+                    "checkpoint restores training; lower --lr, turn on --clipgrad, or check the data"
                 )
-                consecutive_bad = 0
-            if step % cfg.train.log_interval == 0 or step == cfg.train.max_steps:
-                _log(logger, info, step, sums, sums_count, lr, grad_norm, metrics, device)
-                sums, sums_count = {}, 0
-            if info.is_main and (step % cfg.train.preview_interval == 0 or step == cfg.train.max_steps):
-                write_preview()
-            if step % cfg.train.save_interval == 0 or step == cfg.train.max_steps or stop_now:
-                save_now()
-            if stop_now:
-                stopped = True
-                logger.message(
-                    f"Stopped by {stop.signal_name or 'a signal on another rank'} at step {step}; saved"
-                )
-                break
+            _load_weights(ckpt.load_checkpoint(last_path), model, discs, optimizers, scaler, last_path)
+            logger.message(
+                f"{consecutive_bad} non-finite steps in a row at step {step}: restored the weights and "
+                f"optimiser state of {last_path}; training goes on with new batches"
+            )
+            consecutive_bad = 0
+        if step % cfg.train.log_interval == 0 or step == cfg.train.max_steps:
+            _log(logger, info, step, sums, sums_count, lr, grad_norm, metrics, device)
+            sums, sums_count = {}, 0
+        if info.is_main and (step % cfg.train.preview_interval == 0 or step == cfg.train.max_steps):
+            write_preview()
+        if step % cfg.train.save_interval == 0 or step == cfg.train.max_steps or stop_now:
+            save_now()
+        if stop_now:
+            stopped = True
+            logger.message(
+                f"Stopped by {stop.signal_name or 'a signal on another rank'} at step {step}; saved"
+            )
+            break
     if saved_step != step:
         save_now()
     logger.close()
