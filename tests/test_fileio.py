@@ -40,3 +40,18 @@ def test_failed_rename_leaves_original(tmp_path: Path, monkeypatch: pytest.Monke
         atomic_write_bytes(target, b"new")
     assert target.read_bytes() == b"precious"
     assert [p.name for p in tmp_path.iterdir()] == ["f.bin"]
+
+
+def test_permissions_follow_umask_or_existing_file(tmp_path: Path) -> None:
+    old = os.umask(0o022)
+    try:
+        fresh = tmp_path / "new.txt"
+        atomic_write_text(fresh, "x")
+        assert fresh.stat().st_mode & 0o777 == 0o644
+        private = tmp_path / "private.txt"
+        private.write_text("x")
+        private.chmod(0o600)
+        atomic_write_text(private, "y")
+        assert private.stat().st_mode & 0o777 == 0o600
+    finally:
+        os.umask(old)
