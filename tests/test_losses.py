@@ -262,3 +262,14 @@ def test_bce_with_logits_per_sample(label: float) -> None:
     np.testing.assert_allclose(
         bce_with_logits_per_sample(t(logits), label).numpy(), ref_bce(logits, label), rtol=1e-5
     )
+
+
+def test_kernel_first_used_under_inference_mode_still_trains() -> None:
+    # The filter taps are cached per device; a cache entry made during an inference_mode evaluation
+    # (previews, scores) must not be an inference tensor, or training could not save it for backward.
+    a, b = pair((1, 3, 24, 24), seed=9)
+    with torch.inference_mode():
+        dssim(t(a), t(b), filter_size=7)
+    x = t(b).requires_grad_(True)
+    dssim(t(a), x, filter_size=7).sum().backward()
+    assert x.grad is not None and x.grad.abs().sum() > 0

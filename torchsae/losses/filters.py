@@ -66,13 +66,33 @@ def blur_kernel_1d(sigma: float) -> np.ndarray:
     return (w / w.sum()).astype(np.float32)
 
 
+_TAPS_CACHE: dict[tuple[bytes, torch.device, torch.dtype], torch.Tensor] = {}
+
+
+def _taps_tensor(taps: np.ndarray, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    """``taps`` as a tensor on ``device``, cached.
+
+    Why cache: copying a host array to a GPU is a blocking copy that waits for the stream, and the
+    losses filter a dozen times per step; one copy per (kernel, device, dtype) keeps the step free of
+    host syncs. Created outside inference mode so a kernel first used by an evaluation under
+    ``torch.inference_mode`` can still be saved for backward in training.
+    """
+    key = (np.ascontiguousarray(taps).tobytes(), device, dtype)
+    cached = _TAPS_CACHE.get(key)
+    if cached is None:
+        with torch.inference_mode(False):
+            cached = torch.tensor(np.asarray(taps), dtype=dtype).to(device)
+        _TAPS_CACHE[key] = cached
+    return cached
+
+
 def separable_filter(x: torch.Tensor, taps: np.ndarray, padding: int) -> torch.Tensor:
     """Depthwise 2-D filter of NCHW ``x`` with the kernel ``outer(taps, taps)``, zero padding ``padding``.
 
     ``padding=0`` is TensorFlow's VALID. One grouped conv per direction handles every channel at once.
     """
     channels = x.shape[1]
-    k = torch.as_tensor(taps, dtype=x.dtype, device=x.device)
+    k = _taps_tensor(taps, x.device, x.dtype)
     size = k.numel()
     horizontal = k.view(1, 1, 1, size).expand(channels, 1, 1, size)
     vertical = k.view(1, 1, size, 1).expand(channels, 1, size, 1)
