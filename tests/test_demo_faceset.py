@@ -74,6 +74,10 @@ def test_same_seed_same_bytes_other_seed_differs(tmp_path: Path, faceset: Path) 
     first, again = _tree(faceset), _tree(tmp_path / "again")
     assert len(first) == 2 * COUNT + 3 * TRUTH + 2  # faces, truth files, truth manifest, stamp
     assert first == again
+    # each file depends on (seed, identity, index) only: a smaller faceset is a prefix of a bigger one
+    make_demo_faceset(tmp_path / "prefix", 3, seed=11, truth_count=1)
+    prefix = {k: v for k, v in _tree(tmp_path / "prefix").items() if not k.endswith(".json")}
+    assert len(prefix) == 9 and all(first[k] == v for k, v in prefix.items())
     make_demo_faceset(tmp_path / "other", 2, seed=12, truth_count=1)
     other = _tree(tmp_path / "other")
     for name in ("A/00000.jpg", "B/00001.jpg", "truth/0000_a.jpg", "truth/0000_b.jpg"):
