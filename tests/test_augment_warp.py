@@ -131,16 +131,16 @@ def test_warped_image_matches_dfl(seed: int) -> None:
     """Warped: DFL resamples twice (remap, then warpAffine); we resample once through the composed grid.
 
     On the fixture's sharp 8-px checkerboard the single resampling is crisper, which shows as errors up
-    to ~0.4 on the square edges while the bulk agrees (measured mean ≈ 0.008-0.010, 90th percentile
-    ≈ 0.02). A wrong map, matrix, inverse or flip gives mean errors above 0.05 and misplaced squares.
+    to ~0.4 on the square edges while the bulk agrees (measured mean 0.0075-0.0099, 90th percentile
+    0.016-0.026). Dropping DFL's half-pixel map offset alone raises the mean to 0.029-0.072.
     """
     params, _ = _dfl_draw(seed)
     ref = _load(seed)
     pattern = np.load(FIXTURES / "pattern_128.npy")
     warped_grid, _ = sampling_grids(params, warp=True)
     err = np.abs(_sample(pattern, warped_grid, "zeros") - ref["warped"])
-    assert err.mean() < 0.015
-    assert np.percentile(err, 90) < 0.04
+    assert err.mean() < 0.012
+    assert np.percentile(err, 90) < 0.035
 
 
 @pytest.mark.parametrize("seed", SEEDS)
