@@ -181,6 +181,17 @@ def _nose(img: np.ndarray, lm: np.ndarray, ident: Identity) -> None:
         _ellipse(img, centre, (size, size * 0.5), ang, (35, 35, 55))  # nostril
 
 
+def _folds(img: np.ndarray, lm: np.ndarray, ident: Identity, smile: float) -> None:
+    """Nasolabial folds from the nostril wings past the mouth corners; deeper with a smile."""
+    tone = _shade(ident.skin, 0.9 - 0.06 * max(smile, 0.0))
+    for wing, mid, corner in ((31, 32, 48), (35, 34, 54)):
+        out = lm[wing] - lm[mid]
+        start = lm[wing] + out * 0.6
+        end = lm[corner] + (lm[corner] - lm[51]) * 0.1 + (lm[8] - lm[33]) * 0.02
+        bend = (start + end) / 2 + out * 0.3
+        _line(img, catmull_rom(np.array([start, bend, end]), 6)[:-3], tone, 2)
+
+
 def _height_field(shape: FaceShape, ident: Identity) -> tuple[np.ndarray, np.ndarray]:
     """Low-res height map (for normals) and head coverage (to blend face light and background light)."""
     s = LOW / CROP
@@ -254,6 +265,7 @@ def render_face(ident: Identity, scene: Scene) -> RenderedFace:
     for name in ("brow_l", "brow_r"):
         _fill(img, catmull_rom(parts[name], 3, closed=True), brow_color)
     _nose(img, lm, ident)
+    _folds(img, lm, ident, scene.smile)
     _mouth(img, lm, ident)
     _hair(img, parts["hair"], ident.hair, hair_rng, outer_n=17)
 
