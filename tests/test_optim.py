@@ -212,3 +212,25 @@ def test_build_optimizer_follows_the_config() -> None:
 def test_invalid_keep_probability_is_rejected() -> None:
     with pytest.raises(ValueError, match="keep probability"):
         AdaBelief([torch.nn.Parameter(torch.zeros(1))], lr_dropout=0.0)
+
+
+def test_clip_grad_norm_mixed_dtypes_norm_in_fp32() -> None:
+    a = torch.nn.Parameter(torch.zeros(2, dtype=torch.bfloat16))
+    b = torch.nn.Parameter(torch.zeros(1))
+    a.grad, b.grad = torch.tensor([3.0, 4.0], dtype=torch.bfloat16), torch.tensor([12.0])
+    norm = clip_grad_norm([a, b])
+    assert norm.dtype == torch.float32 and norm.item() == pytest.approx(13.0)
+    torch.testing.assert_close(b.grad, torch.tensor([12.0 / 13]))
+    torch.testing.assert_close(a.grad.float(), torch.tensor([3.0, 4.0]) / 13, rtol=1e-2, atol=0)
+
+
+def test_steps_touch_params_of_several_dtypes() -> None:
+    # Buckets per (device, dtype): a float64 and a float32 parameter in one group both follow the rule.
+    a = torch.nn.Parameter(torch.zeros(3, dtype=torch.float64))
+    b = torch.nn.Parameter(torch.zeros(3))
+    opt = RMSprop([a, b], lr=0.1)
+    a.grad, b.grad = torch.full((3,), 2.0, dtype=torch.float64), torch.full((3,), 2.0)
+    opt.step()
+    expected = -0.1 * 2.0 / (math.sqrt(0.1 * 4.0) + 1e-6)
+    assert a.dtype == torch.float64 and a[0].item() == pytest.approx(expected, rel=1e-12)
+    assert b[0].item() == pytest.approx(expected, rel=1e-6)

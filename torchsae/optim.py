@@ -126,6 +126,31 @@ class _DFLOptimizer(Optimizer):
                 target.append(item)
         return list(buckets.values())
 
+    @torch.no_grad()
+    def step(self, closure: Callable[[], float] | None = None) -> float | None:
+        """One update of every parameter that has a gradient (see :meth:`_update`)."""
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            params, grads, states = self._collect(group)
+            if not params:
+                continue
+            masks = self._dropout_masks(params, group["lr_dropout"])
+            n = 2 + len(states)
+            for bucket in self._by_device(params, grads, *states, *([masks] if masks is not None else [])):
+                self._update(
+                    group, bucket[0], bucket[1], bucket[2:n], bucket[n] if masks is not None else None
+                )
+        return loss
+
+    def _update(
+        self, group: dict[str, Any], params: list, grads: list, states: tuple, masks: list | None
+    ) -> None:
+        """Update one (device, dtype) bucket of ``group``: the optimiser's own rule."""
+        raise NotImplementedError
+
     @staticmethod
     def _apply(params: list, numer: list, denom: list, lr: float, masks: list | None) -> None:
         """``w ← w - lr·(numer/denom)`` (times the dropout mask when there is one).
@@ -175,30 +200,19 @@ class AdaBelief(_DFLOptimizer):
         defaults = {"lr": lr, "betas": tuple(betas), "eps": eps, "lr_dropout": lr_dropout}
         super().__init__(params, defaults, seed)
 
-    @torch.no_grad()
-    def step(self, closure: Callable[[], float] | None = None) -> float | None:
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
-        for group in self.param_groups:
-            params, grads, (exp_avg, exp_avg_var) = self._collect(group)
-            if not params:
-                continue
-            beta1, beta2 = group["betas"]
-            masks = self._dropout_masks(params, group["lr_dropout"])
-            lists = (params, grads, exp_avg, exp_avg_var) + ((masks,) if masks is not None else ())
-            for bucket in self._by_device(*lists):
-                p, g, m, v = bucket[:4]
-                torch._foreach_mul_(m, beta1)
-                torch._foreach_add_(m, g, alpha=1.0 - beta1)
-                diff = torch._foreach_sub(g, m)  # uses the new m, as DFL does
-                torch._foreach_mul_(v, beta2)
-                torch._foreach_addcmul_(v, diff, diff, value=1.0 - beta2)
-                denom = torch._foreach_sqrt(v)
-                torch._foreach_add_(denom, group["eps"])
-                self._apply(p, m, denom, group["lr"], bucket[4] if masks is not None else None)
-        return loss
+    def _update(
+        self, group: dict[str, Any], params: list, grads: list, states: tuple, masks: list | None
+    ) -> None:
+        beta1, beta2 = group["betas"]
+        m, v = states
+        torch._foreach_mul_(m, beta1)
+        torch._foreach_add_(m, grads, alpha=1.0 - beta1)  # m ← β1·m + (1-β1)·g
+        diff = torch._foreach_sub(grads, m)  # uses the new m, as DFL does
+        torch._foreach_mul_(v, beta2)
+        torch._foreach_addcmul_(v, diff, diff, value=1.0 - beta2)
+        denom = torch._foreach_sqrt(v)
+        torch._foreach_add_(denom, group["eps"])
+        self._apply(params, m, denom, group["lr"], masks)
 
 
 class RMSprop(_DFLOptimizer):
@@ -218,26 +232,15 @@ class RMSprop(_DFLOptimizer):
         defaults = {"lr": lr, "rho": rho, "eps": eps, "lr_dropout": lr_dropout}
         super().__init__(params, defaults, seed)
 
-    @torch.no_grad()
-    def step(self, closure: Callable[[], float] | None = None) -> float | None:
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
-        for group in self.param_groups:
-            params, grads, (square_avg,) = self._collect(group)
-            if not params:
-                continue
-            masks = self._dropout_masks(params, group["lr_dropout"])
-            lists = (params, grads, square_avg) + ((masks,) if masks is not None else ())
-            for bucket in self._by_device(*lists):
-                p, g, a = bucket[:3]
-                torch._foreach_mul_(a, group["rho"])
-                torch._foreach_addcmul_(a, g, g, value=1.0 - group["rho"])
-                denom = torch._foreach_sqrt(a)
-                torch._foreach_add_(denom, group["eps"])
-                self._apply(p, g, denom, group["lr"], bucket[3] if masks is not None else None)
-        return loss
+    def _update(
+        self, group: dict[str, Any], params: list, grads: list, states: tuple, masks: list | None
+    ) -> None:
+        (square_avg,) = states
+        torch._foreach_mul_(square_avg, group["rho"])
+        torch._foreach_addcmul_(square_avg, grads, grads, value=1.0 - group["rho"])  # a ← ρ·a + (1-ρ)·g²
+        denom = torch._foreach_sqrt(square_avg)
+        torch._foreach_add_(denom, group["eps"])
+        self._apply(params, grads, denom, group["lr"], masks)
 
 
 @torch.no_grad()
@@ -252,7 +255,12 @@ def clip_grad_norm(params: Iterable[torch.Tensor], max_norm: float = MAX_GRAD_NO
     if not grads:
         return torch.zeros(())
     device = grads[0].device
-    norms = [torch.linalg.vector_norm(g, dtype=torch.float32).to(device) for g in grads]
+    norms: list[torch.Tensor] = []
+    for (bucket,) in _DFLOptimizer._by_device(grads):
+        if bucket[0].dtype == torch.float32:
+            norms.extend(n.to(device) for n in torch._foreach_norm(bucket))  # one multi-tensor kernel
+        else:
+            norms.extend(torch.linalg.vector_norm(g, dtype=torch.float32).to(device) for g in bucket)
     total = torch.linalg.vector_norm(torch.stack(norms))
     scale = max_norm / torch.clamp(total, min=max_norm)
     for (bucket,) in _DFLOptimizer._by_device(grads):
