@@ -15,12 +15,17 @@ import click
 from torchsae.errors import TorchSAEError
 
 
+def _interactive() -> bool:
+    """Whether a person can answer a prompt (both ends a terminal; never in scripts or CI)."""
+    return sys.stdin.isatty() and sys.stdout.isatty()
+
+
 def _ask_model(folder: Path) -> str | None:
     """In an interactive terminal, ask which model to import when the folder holds several."""
     from torchsae.dfl.model_options import find_models
 
     names = find_models(folder)
-    if len(names) < 2 or not (sys.stdin.isatty() and sys.stdout.isatty()):
+    if len(names) < 2 or not _interactive():
         return None  # import_dfl_model picks the only one, or reports the choice
     return click.prompt("Several SAEHD models in this folder; import which", type=click.Choice(names))
 
