@@ -6,8 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from pipelines.augment import Augmenter, apply_geometry, generator_for
-from pipelines.colorspace import bgr_to_lab
+from pipelines.augment import STREAM_HSV, Augmenter, apply_geometry, generator_for
+from pipelines.color import hsv_shift_amounts
+from pipelines.colorspace import bgr_to_hsv, bgr_to_lab
 from pipelines.warp import WarpParams
 from torchsae.config import DataConfig
 
@@ -148,6 +149,32 @@ def test_hsv_and_colour_transfer_only_touch_side_b() -> None:
     b1 = coloured(images, masks, side="b", ct_reference=reference, **key)
     assert torch.equal(b0["mask"], b1["mask"]) and torch.equal(b0["em"], b1["em"])  # geometry unchanged
     assert (b0["target"] - b1["target"]).abs().mean() > 0.01  # colour transfer reaches the target
+
+
+def test_hsv_shift_on_warped_b_by_the_drawn_amount() -> None:
+    """With the grid warp off, warped and target share geometry, so their hue differs by the draw."""
+    images, masks = _faces(4)
+    aug = Augmenter(R, DataConfig(random_warp=False, random_hsv_power=0.2), seed=8)
+    out = aug(images, masks, step=5, rank=2, side="b")
+    drawn = hsv_shift_amounts(4, 0.2, generator_for(8, 5, 2, "b", STREAM_HSV))
+    hsv_w, hsv_t = bgr_to_hsv(out["warped"]), bgr_to_hsv(out["target"])
+    for i in range(4):
+        usable = (hsv_t[i, 1] > 0.3) & (hsv_t[i, 2] > 0.3) & (hsv_w[i, 1] > 0.3) & (hsv_w[i, 2] < 0.95)
+        assert usable.sum() > 100
+        moved = torch.remainder(hsv_w[i, 0] - hsv_t[i, 0] + 180, 360) - 180
+        assert float(moved[usable].median()) == pytest.approx(float(drawn[i, 0]), abs=1.0)
+    off = Augmenter(R, DataConfig(random_warp=False), seed=8)(images, masks, step=5, rank=2, side="b")
+    assert torch.equal(off["warped"], off["target"])  # power 0: no shift at all
+
+
+def test_low_resolution_runs_at_64_and_comes_back() -> None:
+    images, masks = _faces(2, 32)
+    image_f, mask_f = images.float() / 255, masks.float() / 255
+    out = apply_geometry(image_f, mask_f, WarpParams.identity(2, 64), warp=False)
+    assert out["target"].shape == (2, 3, 32, 32)
+    assert (out["target"] - image_f).abs().max() < 0.02  # bicubic up and down of a smooth image
+    with pytest.raises(ValueError, match="do not fit"):
+        apply_geometry(image_f, mask_f, WarpParams.identity(2, 32), warp=False)
 
 
 def test_colour_transfer_moves_b_toward_reference() -> None:
