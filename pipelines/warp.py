@@ -135,9 +135,9 @@ def sample_warp_params(
 ) -> WarpParams:
     """Draw ``n`` independent geometric augmentations with SAEHD's ranges (spec §5), on the CPU.
 
-    Resolutions below 64 are drawn at 64, as DeepFaceLab does (``pipelines.augment.apply_geometry`` resizes around it).
-    The grid draw is made even when the caller will not apply the warp, so switching random_warp off
-    leaves every other draw unchanged.
+    Resolutions below 64 are drawn at 64, as DeepFaceLab does (``pipelines.augment.apply_geometry``
+    resizes the batch around it). The grid is drawn even when the caller will not apply the warp, so
+    switching random_warp off leaves every other draw unchanged.
     """
     w = max(resolution, MIN_WORK_RES)
 
