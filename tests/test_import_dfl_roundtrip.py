@@ -71,7 +71,7 @@ def make_config(archi: str) -> Config:
     return cfg.validate()
 
 
-def _step(params: list, optimizer: torch.optim.Optimizer, loss: torch.Tensor) -> None:
+def _step(optimizer: torch.optim.Optimizer, loss: torch.Tensor) -> None:
     optimizer.zero_grad()
     loss.backward()
     optimizer.step()
@@ -81,13 +81,9 @@ def trained(cfg: Config) -> tuple[SAEHD, torch.optim.Optimizer, dict]:
     """A model, its optimizer after two steps (non-zero moments) and its discriminators likewise."""
     torch.manual_seed(0)
     model = SAEHD(cfg.model)
-    for p in model.trainable_parameters(cfg.data.random_warp):
-        p.requires_grad_(True)
-    frozen = {id(p) for p in model.parameters()} - {
-        id(p) for p in model.trainable_parameters(cfg.data.random_warp)
-    }
+    trainable = {id(p) for p in model.trainable_parameters(cfg.data.random_warp)}
     for p in model.parameters():
-        p.requires_grad_(id(p) not in frozen)
+        p.requires_grad_(id(p) in trainable)  # as the trainer: LIAE without random warp freezes inter_ab
     opt = build_optimizer(model.parameters(), cfg.optim)
     discs: dict = {}
     if cfg.loss.true_face_power > 0:
@@ -99,14 +95,14 @@ def trained(cfg: Config) -> tuple[SAEHD, torch.optim.Optimizer, dict]:
     for _ in range(2):
         a, b = torch.rand(2, 3, RES, RES), torch.rand(2, 3, RES, RES)
         out = model(a, b)
-        _step(list(model.parameters()), opt, sum(v.square().mean() for v in out.values()))
+        _step(opt, sum(v.square().mean() for v in out.values()))
         if "code" in discs:
             disc, d_opt = discs["code"]
-            _step(list(disc.parameters()), d_opt, disc(out["code_a"].detach()).square().mean())
+            _step(d_opt, disc(out["code_a"].detach()).square().mean())
         if "gan" in discs:
             disc, d_opt = discs["gan"]
             center, full = disc(out["pred_bb"].detach())
-            _step(list(disc.parameters()), d_opt, center.square().mean() + full.square().mean())
+            _step(d_opt, center.square().mean() + full.square().mean())
     return model.eval(), opt, discs
 
 
