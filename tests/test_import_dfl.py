@@ -9,6 +9,8 @@ Runtime, and our ``.dfm`` must agree with DeepFaceLab's within 1e-5.
 from __future__ import annotations
 
 import gzip
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -183,3 +185,12 @@ def test_dfm_export_matches_deepfacelab_and_its_own_dfm(imported, tmp_path: Path
         for position, (x, y) in enumerate(zip(a, b, strict=True)):
             assert x.shape == y.shape
             np.testing.assert_allclose(x, y, atol=TOL, rtol=0, err_msg=f"output {position}")
+
+
+def test_dfl_package_stays_torch_free() -> None:
+    """Listing models and mapping options must not import torch (the importer loads it lazily)."""
+    code = (
+        "import sys, torchsae.dfl.model_import, torchsae.dfl.model_options, torchsae.cli.import_dfl; "
+        "assert 'torch' not in sys.modules, 'torch imported'"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).parent.parent)

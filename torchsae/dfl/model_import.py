@@ -176,13 +176,40 @@ def _optimizer_state(params: list, moments: dict, config: Config) -> dict[str, A
     return opt.state_dict()
 
 
+def _load_discriminators(
+    folder: Path, name: str, model: nn.Module, config: Config, notes: list[str]
+) -> dict[str, nn.Module]:
+    """The discriminators the options use, loaded from their files (DeepFaceLab's rule: a power of 0
+    means the file is not loaded; a missing file means the trainer starts that discriminator anew)."""
+    from torchsae.models import CodeDiscriminator, UNetPatchDiscriminator
+
+    wanted = {"code": config.loss.true_face_power > 0, "gan": config.loss.gan_power > 0}
+    loaded: dict[str, nn.Module] = {}
+    for disc in DISCRIMINATORS:
+        path = net_path(folder, name, disc.weights_file)
+        if not wanted[disc.name]:
+            if path.is_file():
+                notes.append(f"{path.name}: not used by the options (power 0), not imported")
+            continue
+        if not path.is_file():
+            notes.append(f"{path.name}: not found, the {disc.name} discriminator starts from scratch")
+            continue
+        if disc.name == "code":
+            module: nn.Module = CodeDiscriminator(model.code_channels, model.code_resolution)
+        else:
+            module = UNetPatchDiscriminator(config.model.resolved_gan_patch_size, 3, config.model.gan_dims)
+        load_network(module, path)
+        loaded[disc.name] = module
+    return loaded
+
+
 def import_dfl_model(folder: str | Path, output: str | Path, model_name: str | None = None) -> ImportResult:
     """Import DeepFaceLab model ``model_name`` (default: the folder's only one) to checkpoint ``output``.
 
     Raises a TorchSAEError naming the file (and key) for anything missing, truncated, mismatched or
     hostile; ``output`` is written only after everything has been read and converted.
     """
-    from torchsae.models import SAEHD, CodeDiscriminator, UNetPatchDiscriminator
+    from torchsae.models import SAEHD
     from torchsae.train.checkpoint import save_checkpoint
 
     folder, output = Path(folder), Path(output)
@@ -192,62 +219,40 @@ def import_dfl_model(folder: str | Path, output: str | Path, model_name: str | N
     config = imported.config
     warnings = [describe_unsupported(imported.unsupported)] if imported.unsupported else []
     notes = list(imported.notes)
-    optimizer = config.optim.optimizer
 
     model = SAEHD(config.model)  # every weight is overwritten below
     g_modules = [(net, getattr(model, attr)) for net, attr in NETWORKS[config.model.archi_type]]
     for net, module in g_modules:
         load_network(module, net_path(folder, name, net))
     networks = [net for net, _ in g_modules]
-    optimizers: dict[str, Any] = {}
-    discriminators: dict[str, Any] = {}
-
-    wanted = {"code": config.loss.true_face_power > 0, "gan": config.loss.gan_power > 0}
-    disc_modules: dict[str, nn.Module] = {}
-    for disc in DISCRIMINATORS:
-        path = net_path(folder, name, disc.weights_file)
-        if not wanted[disc.name]:
-            if path.is_file():
-                notes.append(f"{path.name}: not used by the options (power 0), not imported")
-            continue
-        if disc.name == "code":
-            module: nn.Module = CodeDiscriminator(model.code_channels, model.code_resolution)
-        else:
-            module = UNetPatchDiscriminator(config.model.resolved_gan_patch_size, 3, config.model.gan_dims)
-        if not path.is_file():
-            notes.append(f"{path.name}: not found, the {disc.name} discriminator starts from scratch")
-            continue
-        load_network(module, path)
-        disc_modules[disc.name] = module
-        discriminators[disc.name] = module.state_dict()
-        networks.append(disc.weights_file)
-
+    disc_modules = _load_discriminators(folder, name, model, config, notes)
+    networks += [disc.weights_file for disc in DISCRIMINATORS if disc.name in disc_modules]
     iteration = data.iteration
-    opt_sources = [("model", G_OPTIMIZER_FILE, g_modules, list(model.parameters()))]
-    for disc in DISCRIMINATORS:
-        if disc.name in disc_modules:
-            module = disc_modules[disc.name]
-            opt_sources.append(
-                (disc.name, disc.optimizer_file, [(disc.scope, module)], list(module.parameters()))
-            )
-    for key, file, modules, params in opt_sources:
+    sources = [("model", G_OPTIMIZER_FILE, g_modules, model)]
+    sources += [
+        (disc.name, disc.optimizer_file, [(disc.scope, disc_modules[disc.name])], disc_modules[disc.name])
+        for disc in DISCRIMINATORS
+        if disc.name in disc_modules
+    ]
+    optimizers: dict[str, Any] = {}
+    for key, file, scoped, owner in sources:
         path = net_path(folder, name, file)
         if not path.is_file():
             notes.append(f"{path.name}: not found, {key} optimizer moments start from zero")
             continue
-        moments, iters = load_moments(path, modules, optimizer)
+        moments, iters = load_moments(path, scoped, config.optim.optimizer)
         if iters != iteration:
             notes.append(
                 f"{path.name}: optimizer counted {iters} steps, the model {iteration}; using {iteration}"
             )
-        optimizers[key] = _optimizer_state(params, moments, config)
+        optimizers[key] = _optimizer_state(list(owner.parameters()), moments, config)
 
     state = {
         "step": iteration,
         "config": config.to_dict(),
         "model": model.state_dict(),
         "optimizers": optimizers,
-        "discriminators": discriminators,
+        "discriminators": {key: module.state_dict() for key, module in disc_modules.items()},
         "metrics": {"skipped_steps": 0, "history": _history(data, config.train.log_interval)},
         "imported_from": {"format": "deepfacelab-saehd", "folder": str(folder), "model_name": name},
     }
