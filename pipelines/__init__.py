@@ -37,11 +37,29 @@ def make_loader(
     seed: int = 0,
     device: Any = "cpu",
     workers: int = 2,
+    uniform_yaw: bool = False,
 ) -> Any:
-    """A sharded, endless image loader over ``index`` (a FacesetIndex) for this rank."""
+    """A sharded, endless image loader over ``index`` (a FacesetIndex) for this rank.
+
+    ``uniform_yaw`` samples uniformly over yaw bins (``pipelines.yaw``); DALI's file reader cannot
+    take a sampler, so that mode always uses the DataLoader backend (with a warning if DALI was asked).
+    """
     import torch
 
     backend = resolve_backend(backend, device)
+    if uniform_yaw:
+        import warnings
+
+        from pipelines.torch_loader import TorchLoader
+        from pipelines.yaw import UniformYawStream, index_yaws
+
+        if backend == "dali":
+            warnings.warn("uniform yaw sampling uses the DataLoader backend, not DALI", stacklevel=2)
+        stream = UniformYawStream(index_yaws(index), rank, world_size, seed)
+        pin = torch.device(device).type == "cuda"
+        return TorchLoader(
+            index.paths, index.resolution, batch_size, workers=workers, pin_memory=pin, stream=stream
+        )
     args = (index.paths, index.resolution, batch_size, rank, world_size, seed, workers)
     if backend == "dali":
         from pipelines.dali_loader import DaliLoader

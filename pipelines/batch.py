@@ -174,7 +174,7 @@ def make_train_batches(
         # the two sides draw independent orders: offset the seed so A and B are not in lockstep
         seed = cfg.train.seed + (0 if side == "a" else 1_000_003)
         loaders[side] = make_loader(
-            data.backend, index, batch_size, rank, world_size, seed, device, data.workers
+            data.backend, index, batch_size, rank, world_size, seed, device, data.workers, data.uniform_yaw
         )
     if augmenter is None:
         augmenter = Augmenter(resolution, data, seed=cfg.train.seed)

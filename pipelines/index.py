@@ -278,6 +278,10 @@ def _write_generation(
     del masks
     with open(build / "landmarks.npy", "wb") as handle:
         np.save(handle, landmarks)
+    from pipelines.yaw import estimate_yaws  # lazy: it needs torch, the rest of indexing does not
+
+    with open(build / "yaw.npy", "wb") as handle:  # uniform-yaw sampling bins faces by head yaw
+        np.save(handle, estimate_yaws(landmarks, np.array([e["image_size"] for e, _ in rows])))
     manifest = {
         "version": INDEX_VERSION,
         "resolution": resolution,
@@ -286,7 +290,7 @@ def _write_generation(
     }
     (build / "manifest.json").write_text(json.dumps(manifest))
     (build / "skipped.json").write_text(json.dumps(skipped, indent=1))
-    for name in ("masks.npy", "landmarks.npy", "manifest.json", "skipped.json"):
+    for name in ("masks.npy", "landmarks.npy", "yaw.npy", "manifest.json", "skipped.json"):
         _fsync(build / name)
     _fsync(build)
     numbers = [int(p.name[1:]) for p in family.glob("v[0-9]*") if p.name[1:].isdigit()]

@@ -156,9 +156,11 @@ class TorchLoader:
         pin_memory: bool = False,
         prefetch_factor: int = 4,
         shuffle: bool = True,
+        stream: ShardedStream | None = None,
     ) -> None:
         self.dataset = JpegBatchDataset(paths, resolution)
-        self.stream = ShardedStream(len(self.dataset), rank, world_size, seed, shuffle)
+        # ``stream`` replaces the plain shuffle (e.g. pipelines.yaw.UniformYawStream)
+        self.stream = stream or ShardedStream(len(self.dataset), rank, world_size, seed, shuffle)
         self.batch_size, self.workers, self.pin_memory = batch_size, workers, pin_memory
         self.prefetch_factor = prefetch_factor
         self.epoch, self.position, self.failed = 0, 0, 0
