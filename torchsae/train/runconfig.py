@@ -97,4 +97,8 @@ def resolve_run_config(
             "drop those options to resume, or start a new run in another --run-dir"
         )
     config = base.updated(explicit)
+    if "pretrain" not in explicit.get("train", {}):
+        # pretraining is asked for per run, never inherited: resuming without it ends it (see
+        # torchsae.train.pretrain), as answering DeepFaceLab's pretrain question with 'n' does
+        config.train.pretrain = False
     return config.validate(), resume

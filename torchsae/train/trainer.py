@@ -33,14 +33,20 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from torchsae.config import Config, dump_config
 from torchsae.errors import TorchSAEError
 from torchsae.losses import SAEHDLoss
-from torchsae.models import SAEHD, CodeDiscriminator, UNetPatchDiscriminator
+from torchsae.models import SAEHD
 from torchsae.optim import build_optimizer, clip_grad_norm, effective_lr_dropout, lr_at
 from torchsae.train import checkpoint as ckpt
 from torchsae.train import preview as pv
+from torchsae.train.adversarial import (
+    build_discriminator_optimizers,
+    build_discriminators,
+    discriminator_steps,
+)
 from torchsae.train.data import make_preview_samples, make_train_batches
 from torchsae.train.dist import DistInfo, any_true, gather_to_main, init_distributed, shutdown
 from torchsae.train.logging import TrainLogger, memory_mb
 from torchsae.train.precision import resolve_amp
+from torchsae.train.pretrain import leave_pretrain, leaving_pretrain, pretrain_view
 from torchsae.train.signals import StopRequest
 
 NONFINITE_LIMIT = 5  # consecutive non-finite steps before the last good checkpoint is restored
@@ -115,35 +121,27 @@ def _train(cfg: Config, resume: Path | None, info: DistInfo, stop: StopRequest) 
     amp_dtype, use_scaler = resolve_amp(cfg.train.amp, device)
     lr_dropout = effective_lr_dropout(cfg.optim, cfg.train.pretrain)
     say = print if info.is_main else (lambda *a, **k: None)
+    data_cfg = pretrain_view(cfg)  # pretraining: one generic faceset, DFL's forced augmentation
 
     # ---- model, discriminators, optimisers (identical initial weights on every rank) ----
     _seed_everything(cfg.train.seed)
     model = SAEHD(cfg.model).to(device)
-    trainable = {id(p) for p in model.trainable_parameters(cfg.data.random_warp)}
+    trainable = {id(p) for p in model.trainable_parameters(data_cfg.data.random_warp)}
     for p in model.parameters():
         p.requires_grad_(id(p) in trainable)  # LIAE without random warp freezes inter_ab (spec §2.4)
     loss_fn = SAEHDLoss(cfg)
-    discs: dict[str, torch.nn.Module] = {}
-    if loss_fn.uses_code_discriminator:
-        discs["code"] = CodeDiscriminator(model.code_channels, model.code_resolution).to(device)
-    if loss_fn.uses_gan:
-        discs["gan"] = UNetPatchDiscriminator(cfg.model.resolved_gan_patch_size, 3, cfg.model.gan_dims).to(
-            device
-        )
+    discs = build_discriminators(cfg, model, loss_fn, device)
     seed = cfg.train.seed  # the same lr-dropout seed on every rank keeps the replicas identical
     optimizers = {
         "model": build_optimizer(model.parameters(), cfg.optim, pretrain=cfg.train.pretrain, seed=seed)
     }
-    for name, disc in discs.items():
-        optimizers[name] = build_optimizer(
-            disc.parameters(), cfg.optim, pretrain=cfg.train.pretrain, seed=seed + 1
-        )
+    optimizers.update(build_discriminator_optimizers(cfg, discs, seed))
     scaler = torch.amp.GradScaler(device.type, enabled=use_scaler)
 
     # ---- data: each rank draws its own shard; batch_size is per rank and per side ----
     _seed_everything(cfg.train.seed + 1000 * info.rank)
-    data = make_train_batches(cfg, info)
-    preview_set = make_preview_samples(cfg, PREVIEW_ROWS, device) if info.is_main else None
+    data = make_train_batches(data_cfg, info)
+    preview_set = make_preview_samples(data_cfg, PREVIEW_ROWS, device) if info.is_main else None
 
     # ---- resume ----
     step, metrics = 0, {"skipped_steps": 0, "history": {"loss_a": [], "loss_b": []}}
@@ -151,13 +149,17 @@ def _train(cfg: Config, resume: Path | None, info: DistInfo, stop: StopRequest) 
     if resume is not None:
         state = ckpt.load_checkpoint(resume)
         _load_weights(state, model, discs, optimizers, scaler, resume)
+        left_pretrain = leaving_pretrain(state, cfg)
+        if left_pretrain:  # new inters, step 0, and the stream of the real facesets from its start
+            say(leave_pretrain(model, cfg, resume))
+            state = {**state, "step": 0, "metrics": None, "rng": None, "data": None}
         step = int(state["step"])
         metrics = state.get("metrics") or metrics
         rng_state = (state.get("rng") or {}).get(info.rank)
         data_state = (state.get("data") or {}).get(info.rank)
         if data_state is not None:
             data.load_state_dict(data_state)
-        if rng_state is None or data_state is None:
+        if (rng_state is None or data_state is None) and not left_pretrain:
             say(
                 f"{resume}: no RNG/data state for rank {info.rank} (world size changed?); the stream restarts"
             )
@@ -280,9 +282,7 @@ def _train(cfg: Config, resume: Path | None, info: DistInfo, stop: StopRequest) 
 
         # ---- discriminator steps on a fresh forward pass ----
         if discs and not bad_step:
-            terms.update(
-                _discriminator_steps(cfg, loss_fn, ddp_model, ddp_discs, optimizers, batch, autocast)
-            )
+            terms.update(discriminator_steps(cfg, loss_fn, ddp_model, ddp_discs, optimizers, batch, autocast))
 
         step += 1
         if not bad_step:
@@ -335,30 +335,6 @@ def _grad_norm(params: list[torch.Tensor], device: torch.device) -> torch.Tensor
     if not grads:
         return torch.zeros((), device=device)
     return torch.nn.utils.get_total_norm(grads, norm_type=2.0).float()
-
-
-def _discriminator_steps(
-    cfg, loss_fn, ddp_model, ddp_discs, optimizers, batch, autocast
-) -> dict[str, torch.Tensor]:
-    """The code-D and GAN-D steps of one iteration (spec §3 order) on a fresh, gradient-free forward."""
-    terms: dict[str, torch.Tensor] = {}
-    with torch.no_grad(), autocast():
-        out = _unwrap(ddp_model)(batch["warped_a"], batch["warped_b"])
-    if "code" in ddp_discs and loss_fn.trains_code_discriminator:
-        with autocast():
-            loss, t = loss_fn.code_discriminator_loss(out, ddp_discs["code"])
-        loss.backward()
-        optimizers["code"].step()
-        optimizers["code"].zero_grad(set_to_none=True)
-        terms.update(t)
-    if "gan" in ddp_discs:
-        with autocast():
-            loss, t = loss_fn.gan_discriminator_loss(out, batch, ddp_discs["gan"])
-        loss.backward()
-        optimizers["gan"].step()
-        optimizers["gan"].zero_grad(set_to_none=True)
-        terms.update(t)
-    return terms
 
 
 def _load_weights(state: dict[str, Any], model, discs, optimizers, scaler, path: Path) -> None:

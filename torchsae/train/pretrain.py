@@ -1,0 +1,82 @@
+"""Pretraining mode and leaving it (spec §4 ``pretrain``), as DeepFaceLab does it.
+
+While pretraining, both sides draw from one generic faceset (``data.pretrain_dir``) and DFL forces:
+random warp off, flips on for both sides, uniform yaw on, no HSV shift, no colour transfer (here in
+:func:`pretrain_view`); no GAN and no style terms (in ``SAEHDLoss``); no lr dropout
+(``optim.effective_lr_dropout``); and the code-discriminator step skipped
+(``SAEHDLoss.trains_code_discriminator``). Warp off also means LIAE trains without ``inter_ab``, as
+in DFL. The forced values are never written into the run's config: the checkpoint keeps the user's
+own settings, which apply again once pretraining ends.
+
+Leaving pretraining (resuming a pretrain checkpoint in a run that does not ask for ``--pretrain``):
+the inter layers are re-initialised (DF ``inter``; LIAE ``inter_ab`` and ``inter_b``), the encoder
+and decoders are kept, and the step counter restarts at 0. Like DFL, the optimiser moments are kept;
+the data stream and RNGs restart because the faceset changed.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from torchsae.config import Config
+from torchsae.errors import ConfigError
+from torchsae.models import SAEHD
+from torchsae.models.layers import glorot_init_
+
+INIT_SEED_OFFSET = 7919  # the re-initialised inters draw from seed + this, away from the model's init
+
+
+def pretrain_view(cfg: Config) -> Config:
+    """The config the data pipeline and the trainable-parameter choice see: ``cfg`` itself, or while
+    pretraining a copy with DFL's forced data settings and both sides reading ``pretrain_dir``."""
+    if not cfg.train.pretrain:
+        return cfg
+    if not cfg.data.pretrain_dir:
+        raise ConfigError(
+            "train.pretrain: needs data.pretrain_dir (--pretrain-dir), a folder of generic faces"
+        )
+    forced = {
+        "data_dir_a": cfg.data.pretrain_dir,
+        "data_dir_b": cfg.data.pretrain_dir,
+        "random_warp": False,
+        "random_flip_a": True,
+        "random_flip_b": True,
+        "uniform_yaw": True,
+        "random_hsv_power": 0.0,
+        "ct_mode": "none",
+    }
+    return cfg.updated({"data": forced})
+
+
+def leaving_pretrain(state: dict[str, Any], cfg: Config) -> bool:
+    """Whether resuming ``state`` (a loaded checkpoint) ends pretraining under ``cfg``."""
+    stored = (state.get("config") or {}).get("train") or {}
+    return bool(stored.get("pretrain")) and not cfg.train.pretrain
+
+
+def inter_names(model: SAEHD) -> tuple[str, ...]:
+    """The submodules DFL re-initialises when pretraining ends."""
+    return ("inter",) if model.archi_type == "df" else ("inter_ab", "inter_b")
+
+
+def reinit_inters(model: SAEHD, seed: int) -> tuple[str, ...]:
+    """Glorot-initialise the inter layers again from ``seed`` (the global RNGs are left untouched)."""
+    device = next(model.parameters()).device
+    devices = [device.index or 0] if device.type == "cuda" else []
+    names = inter_names(model)
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(seed + INIT_SEED_OFFSET)
+        for name in names:
+            glorot_init_(getattr(model, name))
+    return names
+
+
+def leave_pretrain(model: SAEHD, cfg: Config, source: object) -> str:
+    """Re-initialise the inters for the end of pretraining; return the message to print."""
+    names = reinit_inters(model, cfg.train.seed)
+    return (
+        f"{source}: leaving pretraining: re-initialised {', '.join(names)}, kept the encoder and "
+        "decoders; the step counter restarts at 0"
+    )
