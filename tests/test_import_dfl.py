@@ -194,3 +194,36 @@ def test_dfl_package_stays_torch_free() -> None:
         "assert 'torch' not in sys.modules, 'torch imported'"
     )
     subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).parent.parent)
+
+
+@pytest.mark.parametrize(
+    ("changes", "expected"),
+    [
+        ({"lr_dropout": "cpu"}, {"lr_dropout": True, "optimizer": "adabelief"}),
+        ({"lr_dropout": "y", "adabelief": False}, {"lr_dropout": True, "optimizer": "rmsprop"}),
+        ({"lr_dropout": True}, {"lr_dropout": True}),  # DeepFaceLab before 2020-07 stored a bool
+        ({"lr_dropout": "n"}, {"lr_dropout": False}),
+        ({"adabelief": None}, {"optimizer": "rmsprop"}),  # option absent: a pre-AdaBelief model
+        ({"target_iter": 20000}, {"max_steps": 20000}),
+        ({"target_iter": 500}, {"max_steps": 1000 + 200_000}),  # already reached: iteration + default
+        ({"loss_function": "SSIM"}, {"unsupported": "loss_function"}),  # a fork's option
+    ],
+)
+def test_option_rules(changes: dict, expected: dict) -> None:
+    from torchsae.dfl.model_options import DFLModelData, options_to_config
+
+    options = restricted_loads((FIXTURE / "new_SAEHD_data.dat").read_bytes(), "data")["options"]
+    options.update(changes)
+    options = {k: v for k, v in options.items() if v is not None}
+    result = options_to_config(DFLModelData(Path("x_SAEHD_data.dat"), "x", 1000, options))
+    cfg = result.config
+    got = {
+        "lr_dropout": cfg.optim.lr_dropout,
+        "optimizer": cfg.optim.optimizer,
+        "max_steps": cfg.train.max_steps,
+    }
+    for key, value in expected.items():
+        if key == "unsupported":
+            assert value in result.unsupported
+        else:
+            assert got[key] == value, key
