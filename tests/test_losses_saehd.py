@@ -200,6 +200,12 @@ def test_discriminator_losses_match_reference_and_detach_generator() -> None:
     assert gan_loss.item() == pytest.approx(expected.sum(), rel=1e-5)
     assert not code_loss.requires_grad and not gan_loss.requires_grad  # stand-ins have no weights
 
+    # One discriminator forward per D loss (a DDP-wrapped discriminator needs one forward per backward).
+    calls = []
+    fn.code_discriminator_loss(out, lambda x: calls.append(len(x)) or code_d(x))
+    fn.gan_discriminator_loss(out, torchify(b), lambda x: calls.append(len(x)) or gan_d(x))
+    assert calls == [4, 4]
+
 
 def test_pretrain_turns_off_style_and_gan_but_not_the_true_face_term() -> None:
     fn = SAEHDLoss(

@@ -99,17 +99,17 @@ class SAEHDLoss(nn.Module):
         self,
         target: torch.Tensor,
         mask: torch.Tensor,
+        mask_blur: torch.Tensor,
         em: torch.Tensor,
         pred: torch.Tensor,
         pred_mask: torch.Tensor,
         prefix: str,
-    ) -> tuple[torch.Tensor, dict[str, torch.Tensor], torch.Tensor]:
-        """One side's reconstruction loss per sample, its components, and its blurred GT mask."""
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """One side's reconstruction loss per sample and its components (``mask_blur``: soft-dilated GT)."""
         res = target.shape[-1]
         target = target.float()
         pred = pred.float()
         mask = mask.float()
-        mask_blur = soft_dilate_mask(mask, res)
         t_opt = self._masked(target, mask_blur)
         p_opt = self._masked(pred, mask_blur)
         parts = {
@@ -120,7 +120,7 @@ class SAEHDLoss(nn.Module):
             em = em.float()
             parts[f"{prefix}_eyes_mouth"] = 300.0 * mae_per_sample(target * em, pred * em)
         parts[f"{prefix}_mask"] = 10.0 * mse_per_sample(mask, pred_mask)
-        return torch.stack(list(parts.values())).sum(dim=0), parts, mask_blur
+        return torch.stack(list(parts.values())).sum(dim=0), parts
 
     def _style_terms(
         self, out: Tensors, batch: Tensors, mask_b_blur: torch.Tensor
@@ -162,9 +162,12 @@ class SAEHDLoss(nn.Module):
         true_face, gan, gan_tv, gan_bg``.
         """
         device = batch["target_a"].device
+        with fp32_region(device):
+            res = batch["target_a"].shape[-1]
+            mask_a_blur = soft_dilate_mask(batch["mask_a"].float(), res)
+            mask_b_blur = soft_dilate_mask(batch["mask_b"].float(), res)
         code_logits = None
         gan_logits = None
-        mask_b_blur = None
         if self.uses_code_discriminator:
             if code_discriminator is None:
                 raise ValueError("true_face_power > 0 needs the code discriminator passed to SAEHDLoss")
@@ -172,16 +175,26 @@ class SAEHDLoss(nn.Module):
         if self.uses_gan:
             if gan_discriminator is None:
                 raise ValueError("gan_power > 0 needs the GAN discriminator passed to SAEHDLoss")
-            with fp32_region(device):
-                mask_b_blur = soft_dilate_mask(batch["mask_b"].float(), batch["mask_b"].shape[-1])
             gan_logits = gan_discriminator(self._masked(out["pred_bb"], mask_b_blur))
 
         with fp32_region(device):
-            loss_a, parts_a, _ = self._side(
-                batch["target_a"], batch["mask_a"], batch["em_a"], out["pred_aa"], out["pred_aa_mask"], "a"
+            loss_a, parts_a = self._side(
+                batch["target_a"],
+                batch["mask_a"],
+                mask_a_blur,
+                batch["em_a"],
+                out["pred_aa"],
+                out["pred_aa_mask"],
+                "a",
             )
-            loss_b, parts_b, mask_b_blur = self._side(
-                batch["target_b"], batch["mask_b"], batch["em_b"], out["pred_bb"], out["pred_bb_mask"], "b"
+            loss_b, parts_b = self._side(
+                batch["target_b"],
+                batch["mask_b"],
+                mask_b_blur,
+                batch["em_b"],
+                out["pred_bb"],
+                out["pred_bb_mask"],
+                "b",
             )
             style = self._style_terms(out, batch, mask_b_blur)
             for value in style.values():
@@ -212,10 +225,15 @@ class SAEHDLoss(nn.Module):
     def code_discriminator_loss(
         self, out: Tensors, code_discriminator: CodeDiscriminator
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """The code-D step's loss (sum over the batch) on detached codes, and its logged mean."""
-        per_sample = code_discriminator_loss(
-            code_discriminator(out["code_a"].detach()), code_discriminator(out["code_b"].detach())
-        )
+        """The code-D step's loss (sum over the batch) on detached codes, and its logged mean.
+
+        Both codes go through the discriminator in one batch: exact (it has no batch statistics) and
+        one forward per backward, which DDP-wrapped discriminators need.
+        """
+        logits_a, logits_b = code_discriminator(
+            torch.cat([out["code_a"].detach(), out["code_b"].detach()])
+        ).chunk(2)
+        per_sample = code_discriminator_loss(logits_a, logits_b)
         return per_sample.sum(), {"code_d": per_sample.detach().mean()}
 
     def gan_discriminator_loss(
@@ -223,14 +241,15 @@ class SAEHDLoss(nn.Module):
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """The GAN-D step's loss (sum over the batch): real = target_b, fake = detached pred_bb.
 
-        Both are masked with the soft-dilated B mask under masked_training, as in the G term.
+        Both are masked with the soft-dilated B mask under masked_training, as in the G term, and go
+        through the discriminator as one batch (see :meth:`code_discriminator_loss`).
         """
         device = batch["target_b"].device
         with fp32_region(device):
             mask_b_blur = soft_dilate_mask(batch["mask_b"].float(), batch["mask_b"].shape[-1])
             real = self._masked(batch["target_b"], mask_b_blur)
             fake = self._masked(out["pred_bb"].detach(), mask_b_blur)
-        real_c, real_x = gan_discriminator(real)
-        fake_c, fake_x = gan_discriminator(fake)
+        center, full = gan_discriminator(torch.cat([real, fake]))
+        (real_c, fake_c), (real_x, fake_x) = center.chunk(2), full.chunk(2)
         per_sample = gan_discriminator_loss(real_c, real_x, fake_c, fake_x)
         return per_sample.sum(), {"gan_d": per_sample.detach().mean()}
