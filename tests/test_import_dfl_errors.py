@@ -238,3 +238,12 @@ def test_options_of_the_template_are_those_written(template: Path) -> None:
         model=ModelConfig(archi="df-ud", resolution=32, ae_dims=8, e_dims=4, d_dims=4, d_mask_dims=4)
     )
     assert data["options"].keys() == dfl_options(cfg).keys() and data["iter"] == 42
+
+
+def test_optimizer_counter_mismatch_is_a_note(folder: Path, tmp_path: Path) -> None:
+    """DeepFaceLab's model iteration wins over the optimizer's own counter, and the user is told."""
+    edit(folder / f"{NAME}_SAEHD_src_dst_opt.npy", lambda d: d.__setitem__("iters:0", np.int64(40)))
+    code, text, output = run(folder, tmp_path)
+    assert code == 0, text
+    assert f"Note: {NAME}_SAEHD_src_dst_opt.npy: optimizer counted 40 steps, the model 42; using 42" in text
+    assert "step 42" in text
