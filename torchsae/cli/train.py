@@ -65,6 +65,8 @@ OPTION_MAP: dict[str, tuple[str, str]] = {
     "device": ("train", "device"),
     "wandb": ("train", "wandb"),
     "grad_accum": ("train", "grad_accum"),
+    "memory_budget": ("train", "memory_budget"),
+    "compile": ("train", "compile"),
     "pretrain": ("train", "pretrain"),
 }
 
@@ -151,6 +153,12 @@ TRAIN_OPTIONS = [
     click.option("--backend", type=click.Choice(BACKENDS)),
     click.option("--workers", type=int, help="Data-loading worker processes per rank."),
     click.option("--grad-accum", type=int),
+    click.option(
+        "--memory-budget",
+        help="Per-GPU memory to fit the step in, e.g. 8GiB (GPU default: its free memory): picks the "
+        "micro-batch, gradient accumulation, activation checkpointing and AMP; prints the plan.",
+    ),
+    _flag("compile", "torch.compile the model (falls back to eager with a warning if it fails)."),
     click.option("--device", help="auto (default), cpu, cuda or cuda:N."),
     _flag("wandb", "Also log to Weights & Biases (WANDB_MODE=offline works without an account)."),
 ]

@@ -45,9 +45,11 @@ from torchsae.train.adversarial import (
 from torchsae.train.data import make_preview_samples, make_train_batches
 from torchsae.train.dist import DistInfo, any_true, gather_to_main, init_distributed, shutdown
 from torchsae.train.logging import TrainLogger, memory_mb
+from torchsae.train.memory import apply_checkpointing, plan_for_run
 from torchsae.train.precision import resolve_amp
 from torchsae.train.pretrain import leave_pretrain, leaving_pretrain, pretrain_view
 from torchsae.train.signals import StopRequest
+from torchsae.train.speed import enable_tf32, maybe_compile, use_channels_last
 
 NONFINITE_LIMIT = 5  # consecutive non-finite steps before the last good checkpoint is restored
 MAX_RESTORES = 3  # restores in a row without a finite step in between before giving up
@@ -118,10 +120,16 @@ def _train(cfg: Config, resume: Path | None, info: DistInfo, stop: StopRequest) 
     device = info.device
     run_dir = Path(cfg.train.run_dir)
     models_dir, logs_dir = run_dir / "models", run_dir / "logs"
-    amp_dtype, use_scaler = resolve_amp(cfg.train.amp, device)
     lr_dropout = effective_lr_dropout(cfg.optim, cfg.train.pretrain)
     say = print if info.is_main else (lambda *a, **k: None)
     data_cfg = pretrain_view(cfg)  # pretraining: one generic faceset, DFL's forced augmentation
+    # --memory-budget (on a GPU default: its free memory): micro-batch, accumulation, checkpointing, AMP
+    plan = plan_for_run(data_cfg, info)
+    if plan is not None:
+        say(plan.describe())
+        data_cfg = plan.step_config(data_cfg)  # batch_size = the micro-batch the stream yields
+    accum = data_cfg.train.grad_accum
+    amp_dtype, use_scaler = resolve_amp(data_cfg.train.amp, device)
 
     # ---- model, discriminators, optimisers (identical initial weights on every rank) ----
     _seed_everything(cfg.train.seed)
@@ -129,6 +137,9 @@ def _train(cfg: Config, resume: Path | None, info: DistInfo, stop: StopRequest) 
     trainable = {id(p) for p in model.trainable_parameters(data_cfg.data.random_warp)}
     for p in model.parameters():
         p.requires_grad_(id(p) in trainable)  # LIAE without random warp freezes inter_ab (spec §2.4)
+    apply_checkpointing(model, plan.checkpoint if plan is not None else "none")
+    enable_tf32(device)
+    use_channels_last(model, device)
     loss_fn = SAEHDLoss(cfg)
     discs = build_discriminators(cfg, model, loss_fn, device)
     seed = cfg.train.seed  # the same lr-dropout seed on every rank keeps the replicas identical
@@ -184,7 +195,7 @@ def _train(cfg: Config, resume: Path | None, info: DistInfo, stop: StopRequest) 
         name: DDP(d, device_ids=[device.index] if device.type == "cuda" else None) if info.distributed else d
         for name, d in discs.items()
     }
-    forward = torch.compile(ddp_model) if cfg.train.compile else ddp_model
+    forward = maybe_compile(ddp_model, cfg.train.compile)
     autocast = (
         (lambda: torch.autocast(device.type, dtype=amp_dtype))
         if amp_dtype is not None
@@ -249,11 +260,11 @@ def _train(cfg: Config, resume: Path | None, info: DistInfo, stop: StopRequest) 
 
         # ---- G step (gradient accumulation over grad_accum micro-batches) ----
         loss_total = torch.zeros((), device=device)
-        for micro in range(cfg.train.grad_accum):
+        for micro in range(accum):
             batch = loss_fn.prepare_targets(next(data))
             if drawn is not None:  # test probe only: a host sync per step
                 drawn.append(batch["index_a"].tolist())
-            sync = micro == cfg.train.grad_accum - 1 or not info.distributed
+            sync = micro == accum - 1 or not info.distributed
             with contextlib.nullcontext() if sync else ddp_model.no_sync():
                 with autocast():
                     out = forward(batch["warped_a"], batch["warped_b"], loss_fn.needs_swap_ng)
