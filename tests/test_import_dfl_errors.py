@@ -134,7 +134,10 @@ def test_optimizer_mismatches_name_the_key(folder: Path, tmp_path: Path) -> None
     assert_fails(folder, tmp_path, path.name, "unexpected", "ms_decoder_src/nothing/weight_0:0")
     path.write_bytes(original)
     edit(path, lambda d: d.pop("iters:0"))
-    assert_fails(folder, tmp_path, path.name, "'iters:0'")
+    assert_fails(folder, tmp_path, path.name, "'iters:0'", "missing")
+    path.write_bytes(original)
+    edit(path, lambda d: d.__setitem__("iters:0", np.array("12", dtype="U2")))
+    assert_fails(folder, tmp_path, path.name, "'iters:0'", "integer scalar")
     path.write_bytes(original)
     edit(path, lambda d: d.__setitem__("acc_encoder/down1/downs_0/conv1/weight_0:0", np.zeros(1, np.float32)))
     assert_fails(

@@ -133,7 +133,11 @@ def load_moments(
     if "iters:0" not in data:
         raise DFLFormatError(f"{path}: key 'iters:0' is missing")
     iters = data["iters:0"]
-    if not isinstance(iters, (numbers.Integral, np.ndarray)) or np.asarray(iters).shape != ():
+    if isinstance(iters, bool) or not (
+        isinstance(iters, (numbers.Integral, np.ndarray))
+        and np.asarray(iters).shape == ()
+        and np.asarray(iters).dtype.kind in "iu"
+    ):
         raise DFLFormatError(f"{path}: key 'iters:0' must be an integer scalar, got {iters!r}")
     expected: dict[str, tuple[torch.Tensor, str]] = {}
     for scope, module in modules:
