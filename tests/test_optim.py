@@ -234,3 +234,16 @@ def test_steps_touch_params_of_several_dtypes() -> None:
     expected = -0.1 * 2.0 / (math.sqrt(0.1 * 4.0) + 1e-6)
     assert a.dtype == torch.float64 and a[0].item() == pytest.approx(expected, rel=1e-12)
     assert b[0].item() == pytest.approx(expected, rel=1e-6)
+
+
+def test_loading_keeps_the_configured_hyper_parameters() -> None:
+    # Turning lr dropout on between sessions must take effect; the moments still come from the file.
+    p = torch.nn.Parameter(torch.zeros(4))
+    old = build_optimizer([p], OptimConfig(lr=1e-4))
+    p.grad = torch.ones(4)
+    old.step()
+    q = torch.nn.Parameter(p.detach().clone())
+    new = build_optimizer([q], OptimConfig(lr=2e-4, lr_dropout=True))
+    new.load_state_dict(old.state_dict())
+    assert new.param_groups[0]["lr_dropout"] == 0.3 and new.param_groups[0]["lr"] == 2e-4
+    assert torch.equal(new.state[q]["exp_avg"], old.state[p]["exp_avg"])

@@ -172,10 +172,18 @@ class _DFLOptimizer(Optimizer):
         return state
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        """Load moments and hyper-parameters, and the lr-dropout generator state for exact resume."""
+        """Load the moments and the lr-dropout generator state (for an exact resume).
+
+        The hyper-parameters (lr, lr_dropout, betas, eps, rho) stay those this optimiser was built
+        with: the run's config is the source of truth, so turning lr dropout on or off between
+        sessions takes effect, as it does in DeepFaceLab. torch's default would restore the old ones.
+        """
         state_dict = dict(state_dict)
         rng = state_dict.pop("lr_dropout_rng", None) or {}
+        hyper = [{k: v for k, v in group.items() if k != "params"} for group in self.param_groups]
         super().load_state_dict(state_dict)
+        for group, values in zip(self.param_groups, hyper, strict=True):
+            group.update(values)
         self._generators = {}
         self._pending_rng = {key: value.clone().cpu() for key, value in rng.items()}
 
