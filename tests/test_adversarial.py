@@ -1,0 +1,186 @@
+"""The discriminator steps of one iteration (spec §3 order), against hand-written updates."""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Iterator
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from torchsae.config import Config, ModelConfig
+from torchsae.errors import ConfigError
+from torchsae.losses import SAEHDLoss, soft_dilate_mask
+from torchsae.models import SAEHD, CodeDiscriminator, UNetPatchDiscriminator
+from torchsae.models.discriminators import find_patch_layers
+from torchsae.train.adversarial import (
+    build_discriminator_optimizers,
+    build_discriminators,
+    discriminator_steps,
+)
+
+RES = 32
+LR = 1e-3
+
+
+@pytest.fixture(autouse=True)
+def one_thread() -> Iterator[None]:
+    """Two shared cores: one intra-op thread is faster here and keeps the sums in a fixed order."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def make_config(archi: str = "df-ud", **loss: float) -> Config:
+    cfg = Config()
+    cfg.model = ModelConfig(archi=archi, resolution=RES, ae_dims=16, e_dims=8, d_dims=8, d_mask_dims=4)
+    cfg.optim.optimizer = "rmsprop"  # the simplest update to write out by hand
+    cfg.optim.lr = LR
+    for key, value in loss.items():
+        setattr(cfg.loss, key, value)
+    return cfg
+
+
+def make_batch(n: int = 2, seed: int = 0) -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    batch = {}
+    for side in "ab":
+        for key, ch in (("warped", 3), ("target", 3), ("em", 1)):
+            batch[f"{key}_{side}"] = torch.rand(n, ch, RES, RES, generator=g)
+        mask = torch.zeros(n, 1, RES, RES)
+        mask[:, :, 6:26, 8:24] = 1.0
+        batch[f"mask_{side}"] = mask
+    return batch
+
+
+def setup(cfg: Config):
+    torch.manual_seed(0)
+    model = SAEHD(cfg.model)
+    loss_fn = SAEHDLoss(cfg)
+    discs = build_discriminators(cfg, model, loss_fn, torch.device("cpu"))
+    return model, loss_fn, discs, build_discriminator_optimizers(cfg, discs, seed=0)
+
+
+def bce(logits: torch.Tensor, label: float) -> torch.Tensor:
+    """Sigmoid cross-entropy written out: softplus(-x) for label 1, softplus(x) for label 0."""
+    per_pixel = F.softplus(-logits) if label == 1.0 else F.softplus(logits)
+    return per_pixel.flatten(1).mean(1)
+
+
+def rmsprop_update(disc: torch.nn.Module, loss: torch.Tensor, clip: bool = False) -> dict[str, torch.Tensor]:
+    """DFL's RMSprop first step by hand: a = 0.1·g², w ← w − lr·g/(√a + 1e-6); optional clipnorm 1."""
+    params = dict(disc.named_parameters())
+    grads = torch.autograd.grad(loss, list(params.values()))
+    if clip:
+        norm = torch.sqrt(sum((g.double() ** 2).sum() for g in grads))
+        grads = [g * (1.0 / max(float(norm), 1.0)) for g in grads]
+    return {
+        name: (p - LR * g / (torch.sqrt(0.1 * g * g) + 1e-6)).detach()
+        for (name, p), g in zip(params.items(), grads, strict=True)
+    }
+
+
+def test_discriminators_exist_only_with_their_powers() -> None:
+    assert setup(make_config())[2] == {}
+    _, _, discs, opts = setup(make_config(gan_power=0.1))
+    assert set(discs) == {"gan"} and set(opts) == {"gan"}
+    assert discs["gan"].layers == find_patch_layers(RES // 8)  # default patch size res/8
+    cfg = make_config(gan_power=0.1)
+    cfg.model.gan_patch_size, cfg.model.gan_dims = 16, 4
+    gan = setup(cfg)[2]["gan"]
+    assert gan.layers == find_patch_layers(16) and gan.in_conv.out_channels == 4
+    _, _, discs, _ = setup(make_config(true_face_power=0.01))
+    assert set(discs) == {"code"} and isinstance(discs["code"], CodeDiscriminator)
+
+
+def test_true_face_with_liae_is_a_clear_error() -> None:
+    cfg = make_config("liae-ud", true_face_power=0.01)
+    with pytest.raises(ConfigError, match="true_face_power.*'df'"):
+        cfg.validate()
+    with pytest.raises(ValueError, match="df"):
+        setup(cfg)
+
+
+@pytest.mark.parametrize("clipgrad", [False, True])
+def test_one_iteration_of_discriminator_steps_by_hand(clipgrad: bool) -> None:
+    cfg = make_config(gan_power=0.1, true_face_power=0.01)
+    cfg.optim.clipgrad = clipgrad
+    model, loss_fn, discs, opts = setup(cfg)
+    batch = make_batch()
+    code_d, gan_d = copy.deepcopy(discs["code"]), copy.deepcopy(discs["gan"])
+    model_before = copy.deepcopy(model.state_dict())
+
+    with torch.no_grad():
+        out = model(batch["warped_a"], batch["warped_b"])
+    # code D: dst (A) codes are real, src (B) codes fake; summed over the batch
+    code_loss = (0.5 * (bce(code_d(out["code_a"]), 1.0) + bce(code_d(out["code_b"]), 0.0))).sum()
+    expected_code = rmsprop_update(code_d, code_loss, clipgrad)
+    # GAN D: real = target_b, fake = pred_bb, both times the soft-dilated B mask (masked training)
+    mb = soft_dilate_mask(batch["mask_b"], RES)
+    rc, rx = gan_d(batch["target_b"] * mb)
+    fc, fx = gan_d(out["pred_bb"] * mb)
+    gan_loss = (0.5 * (bce(rc, 1.0) + bce(fc, 0.0)) + 0.5 * (bce(rx, 1.0) + bce(fx, 0.0))).sum()
+    expected_gan = rmsprop_update(gan_d, gan_loss, clipgrad)
+
+    terms = discriminator_steps(cfg, loss_fn, model, discs, opts, batch)
+    assert terms["code_d"].item() == pytest.approx(code_loss.item() / 2, rel=1e-5)
+    assert terms["gan_d"].item() == pytest.approx(gan_loss.item() / 2, rel=1e-5)
+    for name, disc, expected in (("code", discs["code"], expected_code), ("gan", discs["gan"], expected_gan)):
+        for pname, p in disc.named_parameters():
+            torch.testing.assert_close(
+                p.detach(), expected[pname], rtol=1e-5, atol=1e-6, msg=f"{name}.{pname}"
+            )
+            assert p.grad is None  # the D step leaves no gradients behind
+    for key, value in model.state_dict().items():  # the autoencoder is not touched by D steps
+        assert torch.equal(value, model_before[key]), key
+    assert all(p.grad is None for p in model.parameters())
+
+
+def test_code_step_is_skipped_while_pretraining() -> None:
+    cfg = make_config(true_face_power=0.01)
+    cfg.train.pretrain = True
+    model, loss_fn, discs, opts = setup(cfg)
+    before = copy.deepcopy(discs["code"].state_dict())
+    assert discriminator_steps(cfg, loss_fn, model, discs, opts, make_batch()) == {}
+    for key, value in discs["code"].state_dict().items():
+        assert torch.equal(value, before[key])
+
+
+def test_gan_d_without_masked_training_sees_whole_images() -> None:
+    cfg = make_config(gan_power=0.1)
+    cfg.loss.masked_training = False
+    model, loss_fn, discs, opts = setup(cfg)
+    batch = make_batch(seed=3)
+    gan_d = copy.deepcopy(discs["gan"])
+    with torch.no_grad():
+        out = model(batch["warped_a"], batch["warped_b"])
+    rc, rx = gan_d(batch["target_b"])
+    fc, fx = gan_d(out["pred_bb"])
+    expected = (0.5 * (bce(rc, 1.0) + bce(fc, 0.0)) + 0.5 * (bce(rx, 1.0) + bce(fx, 0.0))).mean()
+    terms = discriminator_steps(cfg, loss_fn, model, discs, opts, batch)
+    assert terms["gan_d"].item() == pytest.approx(expected.item(), rel=1e-5)
+
+
+def test_non_finite_discriminator_loss_keeps_weights_finite(monkeypatch: pytest.MonkeyPatch) -> None:
+    cfg = make_config(gan_power=0.1)
+    model, loss_fn, discs, opts = setup(cfg)
+    original = SAEHDLoss.gan_discriminator_loss
+
+    def poisoned(self, out, batch, disc):
+        loss, terms = original(self, out, batch, disc)
+        return loss * float("nan"), terms
+
+    monkeypatch.setattr(SAEHDLoss, "gan_discriminator_loss", poisoned)
+    before = copy.deepcopy(discs["gan"].state_dict())
+    discriminator_steps(cfg, loss_fn, model, discs, opts, make_batch())
+    for key, value in discs["gan"].state_dict().items():
+        assert torch.isfinite(value).all()
+        assert torch.equal(value, before[key])  # zero gradient, fresh RMSprop: no movement at all
+
+
+def test_unet_discriminator_is_what_the_trainer_builds() -> None:
+    cfg = make_config(gan_power=0.5)
+    _, _, discs, _ = setup(cfg)
+    assert isinstance(discs["gan"], UNetPatchDiscriminator)
