@@ -250,3 +250,35 @@ def test_optimizer_counter_mismatch_is_a_note(folder: Path, tmp_path: Path) -> N
     assert code == 0, text
     assert f"Note: {NAME}_SAEHD_src_dst_opt.npy: optimizer counted 40 steps, the model 42; using 42" in text
     assert "step 42" in text
+
+
+def test_corrupted_bytes_give_one_line_errors_only(template: Path, tmp_path: Path) -> None:
+    """Random byte damage anywhere: the import either succeeds or fails with a TorchSAEError."""
+    from torchsae.dfl.model_import import import_dfl_model
+    from torchsae.errors import TorchSAEError
+
+    rng = np.random.default_rng(0)
+    files = sorted(template.iterdir())
+    outcomes = {"ok": 0, "error": 0}
+    for trial in range(40):
+        folder = Path(shutil.copytree(template, tmp_path / f"t{trial}"))
+        path = folder / files[trial % len(files)].name
+        data = bytearray(path.read_bytes())
+        for position in rng.integers(0, len(data), size=int(rng.integers(1, 4))):
+            data[position] = int(rng.integers(0, 256))
+        path.write_bytes(bytes(data))
+        output = tmp_path / f"t{trial}.pth"
+        try:
+            import_dfl_model(folder, output)
+            outcomes["ok"] += 1
+        except TorchSAEError as exc:
+            assert "\n" not in str(exc) and str(folder) in str(exc)
+            assert not output.exists()
+            outcomes["error"] += 1
+    assert outcomes["error"] > 0
+    big_endian = tmp_path / "be"
+    shutil.copytree(template, big_endian)
+    edit(
+        big_endian / f"{NAME}_SAEHD_inter.npy", lambda d: d.update({k: v.astype(">f4") for k, v in d.items()})
+    )
+    import_dfl_model(big_endian, tmp_path / "be.pth")

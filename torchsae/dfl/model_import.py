@@ -103,6 +103,9 @@ def _read_weight_dict(path: Path) -> dict[str, np.ndarray]:
         raise DFLFormatError(
             f"{path}: expected a dict of TensorFlow variable names, got {type(data).__name__}"
         )
+    for key, value in data.items():  # torch cannot wrap big-endian arrays; numpy converts them
+        if isinstance(value, np.ndarray) and not value.dtype.isnative:
+            data[key] = value.astype(value.dtype.newbyteorder("="))
     return data
 
 
@@ -279,7 +282,7 @@ def _history(data: DFLModelData, every: int) -> dict[str, list[list[float]]]:
             continue
         try:
             src, dst = (float(v) for v in entry[:2])
-        except (TypeError, ValueError):
+        except (TypeError, ValueError, IndexError, KeyError):
             return {"loss_a": [], "loss_b": []}
         out["loss_b"].append([step, src])  # src = B
         out["loss_a"].append([step, dst])  # dst = A
