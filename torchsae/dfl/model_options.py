@@ -56,6 +56,16 @@ OPTION_MAP: dict[str, tuple[str, str, str]] = {
 }
 # Options with a rule of their own (see options_to_config).
 SPECIAL_OPTIONS = ("adabelief", "lr_dropout", "target_iter")
+# DeepFaceLab's upper limits (it clamps what the user types). A data.dat above them was not written by
+# DeepFaceLab, and building its network could exhaust memory before any weight file is read.
+MAXIMA = {
+    "resolution": 640,
+    "ae_dims": 1024,
+    "e_dims": 256,
+    "d_dims": 256,
+    "d_mask_dims": 256,
+    "gan_dims": 512,
+}
 # The options a DeepFaceLab SAEHD model cannot be rebuilt without.
 REQUIRED_OPTIONS = ("resolution", "face_type", "archi", "ae_dims", "e_dims", "d_dims", "d_mask_dims")
 
@@ -181,7 +191,12 @@ def options_to_config(model: DFLModelData) -> ImportedConfig:
     for key, value in options.items():
         if key in OPTION_MAP:
             section, name, kind = OPTION_MAP[key]
-            overrides.setdefault(section, {})[name] = _convert(path, key, value, kind)
+            value = _convert(path, key, value, kind)
+            if key in MAXIMA and value > MAXIMA[key]:
+                raise DFLFormatError(
+                    f"{path}: option {key!r} = {value} is above DeepFaceLab's maximum {MAXIMA[key]}"
+                )
+            overrides.setdefault(section, {})[name] = value
         elif key not in SPECIAL_OPTIONS:
             unsupported[key] = value
     if "adabelief" in options:
