@@ -31,6 +31,15 @@ FIXTURES = Path(__file__).parent / "fixtures"
 DFL_MODEL = FIXTURES / "dfl_models" / "a_df-ud_r64"
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_torch_thread():
+    """Tiny models: extra intra-op threads only add synchronisation (and spin on a shared CI box)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def tiny(archi: str, resolution: int = 32) -> tuple[SAEHD, ModelConfig]:
     torch.manual_seed(0)
     cfg = ModelConfig(archi=archi, resolution=resolution, ae_dims=16, e_dims=8, d_dims=8, d_mask_dims=8)
