@@ -11,15 +11,21 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+import pytest
 from click.testing import CliRunner
 from test_loaders_support import make_faceset
 
 from pipelines.bench import WARMUP_CALLS, measure, run_timed
 from pipelines.index import build_index
 from torchsae.cli import main
+from torchsae.dfl.masks import eyes_mouth_mask
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-from dfl_baseline import dfl_sample, warp_params  # noqa: E402
+from dfl_baseline import dfl_sample, eyes_mouth_whole_image, load_record, warp_params  # noqa: E402
+
+FIXTURES = Path(__file__).parent / "fixtures" / "dfl"
+SAMPLEPROC = FIXTURES / "sampleproc_r128"
+ENTRIES = json.loads((SAMPLEPROC / "manifest.json").read_text())["files"]
 
 KEYS = ("decode_ceiling_per_core", "host_samples_per_s_per_core", "full_samples_per_s_per_core")
 
@@ -128,3 +134,29 @@ def test_baseline_warp_params_follow_the_spec() -> None:
         assert cell_bound <= 0.24 * (w / 2) + 1.0  # at most 0.24 · cell, cell ≤ w/2
         flips += bool(params["flip"])
     assert 0.3 < flips / 300 < 0.5  # probability 0.4
+
+
+@pytest.mark.parametrize("entry", ENTRIES, ids=lambda e: e["file"])
+def test_baseline_without_augmentation_equals_deepfacelab_sample_processor(entry: dict) -> None:
+    """DeepFaceLab's own SampleProcessor outputs (warp and transform off) are what the baseline makes."""
+    sample = dfl_sample(
+        load_record(str(FIXTURES / entry["file"])), 128, np.random.default_rng(0), augment=False
+    )
+    for key, ref_key in (("mask", "full_face_mask"), ("em", "eyes_mouth_mask")):  # masks: exact
+        reference = np.load(SAMPLEPROC / entry[ref_key]["npy"]).reshape(sample[key].shape)
+        np.testing.assert_array_equal(sample[key], reference, err_msg=key)
+    # The image goes through the JPEG decoder, whose output differs by a level or two between
+    # libjpeg builds (measured here: at most 0.0088, i.e. 2.3/255, after the cubic resize).
+    error = np.abs(sample["target"] - np.load(SAMPLEPROC / entry["img_bgr"]["npy"]))
+    assert error.max() < 3 / 255 and error.mean() < 0.2 / 255
+    np.testing.assert_array_equal(sample["warped"], sample["target"])
+
+
+@pytest.mark.parametrize("h", [512, 256, 100])
+def test_whole_image_eyes_mouth_equals_the_windowed_form(h: int) -> None:
+    """The baseline's plain whole-image computation and torchsae's windowed one agree bit for bit."""
+    rng = np.random.default_rng(h)
+    landmarks = rng.uniform(0.1 * h, 0.9 * h, size=(68, 2))
+    whole = eyes_mouth_whole_image(landmarks, h, h)
+    np.testing.assert_array_equal(whole, eyes_mouth_mask(landmarks, (h, h))[..., 0])
+    assert whole.max() > 0.5
