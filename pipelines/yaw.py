@@ -202,6 +202,5 @@ class UniformYawStream(ShardedStream):
         picks = np.minimum((draws * self.counts[bins]).astype(np.int64), self.counts[bins] - 1)
         order = self.members[self.starts[bins] + picks]
         total = self.per_rank * self.world
-        if total > self.n:
-            order = np.concatenate([order, order[: total - self.n]])
+        order = np.resize(order, total)  # wraps cyclically, even with fewer bins than ranks
         return order[self.rank : total : self.world]

@@ -125,6 +125,8 @@ def test_ranks_split_each_epoch() -> None:
     full = UniformYawStream(yaws, seed=1).epoch_indices(5)
     assert all(len(s.epoch_indices(5)) == math.ceil(32 / 3) for s in streams)
     assert set(union.tolist()) == set(full.tolist())
+    few = [UniformYawStream(np.array([0.1, 0.1]), rank=r, world=4, seed=1) for r in range(4)]  # 1 bin
+    assert all(s.epoch_indices(0).tolist() in ([0], [1]) for s in few)
 
 
 @pytest.fixture(scope="module")
