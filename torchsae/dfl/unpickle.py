@@ -74,12 +74,12 @@ class _RestrictedUnpickler(pickle.Unpickler):
             return _ALLOWED[(module, name)]
         except KeyError:
             raise UnsafePickleError(
-                f"{self._source}: metadata pickle refers to {module}.{name}, which is not allowed "
+                f"{self._source}: pickle refers to {module}.{name}, which is not allowed "
                 "(only numpy arrays, dtypes and scalars may appear); refusing to load it"
             ) from None
 
     def persistent_load(self, pid: Any) -> Any:
-        raise UnsafePickleError(f"{self._source}: metadata pickle uses a persistent id; refusing to load it")
+        raise UnsafePickleError(f"{self._source}: pickle uses a persistent id; refusing to load it")
 
 
 def restricted_loads(data: bytes, source: str) -> object:
@@ -93,9 +93,9 @@ def restricted_loads(data: bytes, source: str) -> object:
     except DFLFormatError:
         raise
     except _Refused as exc:
-        raise UnsafePickleError(f"{source}: metadata pickle asks for {exc}; refusing to load it") from None
+        raise UnsafePickleError(f"{source}: pickle asks for {exc}; refusing to load it") from None
     except Exception as exc:  # pickle raises many types (EOFError, UnpicklingError, ValueError...)
-        raise DFLFormatError(f"{source}: metadata pickle is corrupt ({type(exc).__name__}: {exc})") from exc
+        raise DFLFormatError(f"{source}: pickle is corrupt ({type(exc).__name__}: {exc})") from exc
 
 
 class _Numpy1Global:
