@@ -13,6 +13,7 @@ import click
 # subcommand name -> "module:attribute"
 SUBCOMMANDS: dict[str, str] = {
     "data": "torchsae.cli.data:bench_data_cmd",
+    "train": "torchsae.cli.bench_train:bench_train_cmd",
 }
 
 

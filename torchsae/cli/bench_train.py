@@ -1,0 +1,98 @@
+"""``torchsae bench train``: throughput of the training step (see ``torchsae.train.bench``)."""
+
+from __future__ import annotations
+
+import json
+
+import click
+
+from torchsae.config import AMP_MODES, BACKENDS
+
+
+@click.command("train")
+@click.option("--model-size", type=click.Choice(["128", "256", "384"]), help="Preset resolution and dims.")
+@click.option("--archi", help="df or liae with options u, d, t, c (default: the preset's, else liae-ud).")
+@click.option("--resolution", type=int, help="Face resolution without a preset (default 128).")
+@click.option("--ae-dims", type=int)
+@click.option("--e-dims", type=int)
+@click.option("--d-dims", type=int)
+@click.option("--d-mask-dims", type=int)
+@click.option("--batch-size", type=int, default=8, show_default=True, help="Per side (A and B each).")
+@click.option("--steps", type=int, default=20, show_default=True, help="Timed steps.")
+@click.option("--warmup", type=int, default=3, show_default=True, help="Untimed steps first (compilation).")
+@click.option("--amp", type=click.Choice(AMP_MODES), default="none", show_default=True)
+@click.option("--compile", "compile_", is_flag=True, help="torch.compile the model (eager if it fails).")
+@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
+@click.option(
+    "--channels-last/--no-channels-last", default=True, show_default=True, help="NHWC weights on CUDA."
+)
+@click.option("--end-to-end", is_flag=True, help="Feed every step from the real pipeline (needs --data-dir).")
+@click.option(
+    "--data-dir",
+    type=click.Path(file_okay=False, exists=True),
+    help="Faceset for --end-to-end: a folder with A/ and B/, or one folder used for both sides.",
+)
+@click.option("--backend", type=click.Choice(BACKENDS), default="auto", show_default=True)
+@click.option("--workers", type=int, default=2, show_default=True, help="Loader workers (end-to-end).")
+@click.option("--json", "as_json", is_flag=True, help="Print the figures as one JSON object.")
+def bench_train_cmd(
+    model_size: str | None,
+    archi: str | None,
+    resolution: int | None,
+    ae_dims: int | None,
+    e_dims: int | None,
+    d_dims: int | None,
+    d_mask_dims: int | None,
+    batch_size: int,
+    steps: int,
+    warmup: int,
+    amp: str,
+    compile_: bool,
+    device: str,
+    channels_last: bool,
+    end_to_end: bool,
+    data_dir: str | None,
+    backend: str,
+    workers: int,
+    as_json: bool,
+) -> None:
+    """Milliseconds per training step, samples/s, FLOPs per step, MFU and peak memory.
+
+    By default every step reuses one synthetic batch held in device memory, so the data path is
+    excluded; --end-to-end --data-dir DIR feeds the steps from the real pipeline instead.
+    """
+    from torchsae.config import ModelConfig, preset
+    from torchsae.train.bench import bench_train, format_result
+
+    if end_to_end != (data_dir is not None):
+        raise click.UsageError("--end-to-end and --data-dir go together")
+    if steps < 1 or batch_size < 1 or warmup < 0:
+        raise click.UsageError("--steps and --batch-size must be >= 1, --warmup >= 0")
+    model = preset(int(model_size)) if model_size else ModelConfig()
+    if model_size and resolution and resolution != model.resolution:
+        raise click.UsageError(f"--resolution {resolution} contradicts --model-size {model_size}")
+    for name, value in (
+        ("archi", archi),
+        ("resolution", resolution),
+        ("ae_dims", ae_dims),
+        ("e_dims", e_dims),
+        ("d_dims", d_dims),
+        ("d_mask_dims", d_mask_dims),
+    ):
+        if value is not None:
+            setattr(model, name, value)
+    model.validate()
+    result = bench_train(
+        model,
+        batch_size,
+        steps,
+        amp=amp,
+        compile=compile_,
+        device=device,
+        warmup=warmup,
+        data_dir=data_dir,
+        backend=backend,
+        workers=workers,
+        channels_last=channels_last,
+    )
+    click.echo(json.dumps(result, indent=1) if as_json else format_result(result))
