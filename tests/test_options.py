@@ -150,6 +150,8 @@ def test_pretrain_view_forces_dfl_settings_and_needs_a_folder() -> None:
     assert (d.random_warp, d.random_flip_a, d.random_flip_b, d.uniform_yaw) == (False, True, True, True)
     assert (d.random_hsv_power, d.ct_mode) == (0.0, "none")
     assert cfg.data.ct_mode == "sot" and cfg.data.random_warp  # the user's config is left alone
+    cfg.data.pretrain_dir, cfg.data.backend = None, "synthetic"  # benchmarks need no folder
+    assert pretrain_view(cfg).data.uniform_yaw
 
 
 def test_reinit_inters_touches_only_the_inters(tmp_path: Path) -> None:

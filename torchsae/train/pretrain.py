@@ -33,12 +33,12 @@ def pretrain_view(cfg: Config) -> Config:
     pretraining a copy with DFL's forced data settings and both sides reading ``pretrain_dir``."""
     if not cfg.train.pretrain:
         return cfg
-    if not cfg.data.pretrain_dir:
+    if not cfg.data.pretrain_dir and cfg.data.backend != "synthetic":
         raise ConfigError(
             "train.pretrain: needs data.pretrain_dir (--pretrain-dir), a folder of generic faces"
         )
     forced = {
-        "data_dir_a": cfg.data.pretrain_dir,
+        "data_dir_a": cfg.data.pretrain_dir,  # None (ignored) for the synthetic backend
         "data_dir_b": cfg.data.pretrain_dir,
         "random_warp": False,
         "random_flip_a": True,
