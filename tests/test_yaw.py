@@ -151,3 +151,12 @@ def test_index_stores_yaw_and_the_loader_samples_by_it(faceset: Path) -> None:
     following = next(loader)["indices"]
     loader.load_state_dict(state)
     assert next(loader)["indices"].tolist() == following.tolist()
+
+
+def test_uniform_yaw_asked_of_dali_uses_the_dataloader(faceset: Path) -> None:
+    from pipelines.torch_loader import TorchLoader
+
+    index = build_index(faceset, 32, "xseg", workers=1, progress=False).index
+    with pytest.warns(UserWarning, match="DataLoader backend"):
+        loader = make_loader("dali", index, 2, workers=0, uniform_yaw=True)
+    assert isinstance(loader, TorchLoader) and isinstance(loader.stream, UniformYawStream)
