@@ -252,3 +252,19 @@ def test_colour_and_yaw_options_reach_the_pipeline(faceset, tmp_path: Path) -> N
     plain_stream = make_train_batches(base, progress=False)
     assert not any(isinstance(loader.stream, UniformYawStream) for loader in plain_stream.loaders.values())
     plain_stream.close()
+
+
+def test_gan_shape_may_change_on_resume(tmp_path: Path, faceset, capsys: pytest.CaptureFixture) -> None:
+    cfg = tiny_config(tmp_path, faceset, 1)
+    cfg.loss.gan_power, cfg.model.gan_dims = 0.1, 4
+    train(cfg.validate())
+    last = tmp_path / "models/last.pth"
+    with pytest.raises(ConfigError, match="ae_dims"):  # the autoencoder's shape still cannot change
+        resolve_run_config({"model": {"ae_dims": 32}}, resume=last)
+    config, _ = resolve_run_config({"model": {"gan_dims": 8}, "train": {"max_steps": 2}}, resume=last)
+    capsys.readouterr()
+    assert train(config, resume=last).step == 2
+    assert "starts afresh" in capsys.readouterr().out
+    state = ck.load_checkpoint(last)
+    assert state["discriminators"]["gan"]["in_conv.weight"].shape[0] == 8
+    assert state["config"]["model"]["gan_dims"] == 8

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch import nn
@@ -115,3 +116,26 @@ def discriminator_steps(
         _step(loss, discs["gan"], optimizers["gan"], cfg.optim.clipgrad)
         terms.update(t)
     return terms
+
+
+def drop_reshaped_gan(state: dict[str, Any], cfg: Config) -> tuple[dict[str, Any], bool]:
+    """``state`` without its GAN discriminator and optimiser when ``cfg`` gives the GAN another shape
+    than the checkpoint's config did; the flag says whether anything was dropped.
+
+    DeepFaceLab lets gan_patch_size and gan_dims change whenever it asks the GAN options again (a
+    common recipe turns the GAN on late, choosing them then); a reshaped discriminator starts afresh.
+    """
+    stored = (state.get("config") or {}).get("model") or {}
+    resolution = stored.get("resolution", cfg.model.resolution)
+
+    def shape(model: dict[str, Any]) -> tuple[int, int]:
+        patch = model.get("gan_patch_size")
+        return (patch if patch is not None else resolution // 8, model.get("gan_dims", 16))
+
+    wanted = {"gan_patch_size": cfg.model.gan_patch_size, "gan_dims": cfg.model.gan_dims}
+    if "gan" not in (state.get("discriminators") or {}) or shape(stored) == shape(wanted):
+        return state, False
+    state = dict(state)
+    state["discriminators"] = {k: v for k, v in state["discriminators"].items() if k != "gan"}
+    state["optimizers"] = {k: v for k, v in (state.get("optimizers") or {}).items() if k != "gan"}
+    return state, True

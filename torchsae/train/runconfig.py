@@ -42,12 +42,17 @@ def merge_overrides(*layers: Overrides) -> Overrides:
     return merged
 
 
+# Model fields that may change on resume: they shape only the GAN discriminator, which then starts
+# afresh (torchsae.train.adversarial.drop_reshaped_gan), as in DeepFaceLab.
+RESHAPEABLE_FIELDS = ("gan_patch_size", "gan_dims")
+
+
 def architecture_conflicts(stored: dict[str, Any], wanted: dict[str, Any]) -> list[str]:
-    """``'key: checkpoint X, asked Y'`` for every model field that differs."""
+    """``'key: checkpoint X, asked Y'`` for every model field that differs (GAN shape excepted)."""
     return [
         f"{key}: checkpoint {stored.get(key)!r}, asked {wanted.get(key)!r}"
         for key in sorted(set(stored) | set(wanted))
-        if stored.get(key) != wanted.get(key)
+        if stored.get(key) != wanted.get(key) and key not in RESHAPEABLE_FIELDS
     ]
 
 

@@ -41,6 +41,7 @@ from torchsae.train.adversarial import (
     build_discriminator_optimizers,
     build_discriminators,
     discriminator_steps,
+    drop_reshaped_gan,
 )
 from torchsae.train.data import make_preview_samples, make_train_batches
 from torchsae.train.dist import DistInfo, any_true, gather_to_main, init_distributed, shutdown
@@ -158,7 +159,9 @@ def _train(cfg: Config, resume: Path | None, info: DistInfo, stop: StopRequest) 
     step, metrics = 0, {"skipped_steps": 0, "history": {"loss_a": [], "loss_b": []}}
     rng_state = None
     if resume is not None:
-        state = ckpt.load_checkpoint(resume)
+        state, reshaped = drop_reshaped_gan(ckpt.load_checkpoint(resume), cfg)
+        if reshaped:
+            say(f"{resume}: the GAN discriminator's patch size or dims changed; it starts afresh")
         _load_weights(state, model, discs, optimizers, scaler, resume)
         left_pretrain = leaving_pretrain(state, cfg)
         if left_pretrain:  # new inters, step 0, and the stream of the real facesets from its start
