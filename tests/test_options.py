@@ -268,3 +268,34 @@ def test_gan_shape_may_change_on_resume(tmp_path: Path, faceset, capsys: pytest.
     state = ck.load_checkpoint(last)
     assert state["discriminators"]["gan"]["in_conv.weight"].shape[0] == 8
     assert state["config"]["model"]["gan_dims"] == 8
+
+
+@pytest.mark.slow
+def test_two_ranks_with_every_option(tmp_path: Path, faceset) -> None:
+    """torchrun, two CPU ranks (gloo): both discriminators under DDP, uniform yaw shards, same weights."""
+    import json
+    import subprocess
+    import sys
+
+    from test_train_support import REPO, subprocess_env
+
+    probe = tmp_path / "probe"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
+    cmd += [
+        str(REPO / "launch" / "train.py"),
+        "--data-dir-a",
+        str(faceset[0]),
+        "--data-dir-b",
+        str(faceset[1]),
+    ]
+    cmd += ["--run-dir", str(tmp_path / "run"), *TINY_FLAGS, "--archi", "df-ud", "--max-steps", "3"]
+    cmd += ["--gan-power", "0.1", "--gan-patch-size", "8", "--gan-dims", "4", "--true-face-power", "0.01"]
+    cmd += ["--face-style-power", "10", "--bg-style-power", "10", "--blur-out-mask", "--uniform-yaw"]
+    cmd += ["--ct-mode", "rct", "--random-hsv-power", "0.05", "--lr-dropout", "--clipgrad"]
+    env = subprocess_env(TORCHSAE_TEST_PROBE_DIR=str(probe))
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600, cwd=REPO)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    digests = {json.loads((probe / f"rank{r}.json").read_text())["digest"] for r in (0, 1)}
+    state = ck.load_checkpoint(tmp_path / "run/models/last.pth")
+    assert digests == {state_digest(state["model"])}
+    assert set(state["discriminators"]) == {"code", "gan"} and state["step"] == 3
