@@ -21,6 +21,7 @@ import torchsae
 from torchsae.config import ModelConfig
 from torchsae.dfl.unpickle import restricted_loads
 from torchsae.export import ExportError, VerificationError
+from torchsae.export import onnx as onnx_module
 from torchsae.export import verify as verify_module
 from torchsae.export.onnx import export_onnx, read_metadata
 from torchsae.export.verify import FP16_TOLERANCE, FP32_TOLERANCE
@@ -200,8 +201,26 @@ def test_export_leaves_caller_model_alone(tmp_path: Path) -> None:
     assert torch.equal(torch.get_rng_state(), rng_state)  # exporting mid-training must not shift the RNG
 
 
-def test_failed_verification_leaves_no_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_large_model_uses_one_external_data_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Over the 2 GiB limit (lowered here) the export is ``name`` + ``name.data``, verified the same way."""
+    monkeypatch.setattr(onnx_module, "PROTOBUF_LIMIT", 1024)
+    model, cfg = tiny("liae-ud")
+    out = tmp_path / "big.dfm"
+    result = export_onnx(model, out, cfg, layout="dfm")
+    assert result.external_data
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["big.dfm", "big.dfm.data"]
+    assert out.stat().st_size < 100_000 < (tmp_path / "big.dfm.data").stat().st_size
+    assert result.size_bytes == out.stat().st_size + (tmp_path / "big.dfm.data").stat().st_size
+    onnx.checker.check_model(str(out), full_check=True)
+    assert_matches(out, "dfm", model, 32, FP32_TOLERANCE)
+
+
+@pytest.mark.parametrize("limit", [onnx_module.PROTOBUF_LIMIT, 1024])
+def test_failed_verification_leaves_no_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, limit: int
+) -> None:
     """Perturb what ONNX Runtime returned by 1e-3: the real comparison must refuse and write nothing."""
+    monkeypatch.setattr(onnx_module, "PROTOBUF_LIMIT", limit)  # single file, and external data
     real_compare = verify_module.compare_outputs
 
     def perturbed(got, want, names, tolerance, label):

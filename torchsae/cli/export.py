@@ -79,6 +79,10 @@ def export_cmd(
         f"wrote {result.path} ({result.size_bytes / 2**20:.1f} MiB): {config.model.archi} "
         f"{config.model.resolution}px, layout {layout}, {dtype}, opset {opset} ({result.exporter} exporter), step {step}"
     )
+    if result.external_data:
+        click.echo(
+            f"over 2 GiB: weights are in {result.path.name}.data, which must stay next to {result.path.name}"
+        )
     click.echo(f"verified with ONNX Runtime against PyTorch (tolerance {result.report.tolerance:.0e}):")
     click.echo(result.report.summary())
     if faces is None:

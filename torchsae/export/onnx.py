@@ -13,9 +13,11 @@ depth-to-space of the upscalers is a reshape/transpose in the model and exports 
 Transpose (no DepthToSpace node), which every runtime handles.
 
 Nothing reaches the output path until the graph has passed ``onnx.checker`` and ONNX Runtime has
-matched PyTorch (``verify.py``); the verified bytes are then written through
-``torchsae.fileio.atomic_write_bytes`` (temp name in the same folder, fsync, rename). A failure
-raises a TorchSAEError and leaves no file and no temporary behind.
+matched PyTorch (``verify.py``). The exporters write into a temporary folder beside the output; the
+verified bytes are then written through ``torchsae.fileio.atomic_write_bytes`` (temp name, fsync,
+rename). A model over protobuf's 2 GiB limit (``--model-size 384`` in fp32) becomes ``<name>`` plus
+one external-data file ``<name>.data`` (``large.py``). A failure raises a TorchSAEError and leaves
+no file and no temporary behind.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import io
+import tempfile
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,11 +38,11 @@ import torchsae
 from torchsae.config import ExportConfig, ModelConfig
 from torchsae.errors import ConfigError
 from torchsae.export.errors import ExportError, VerificationError
+from torchsae.export.large import PROTOBUF_LIMIT, publish_external, stage_external, tensor_bytes
 from torchsae.export.layouts import LAYOUTS, SwapGraph, check_dfm_contract
 from torchsae.export.verify import VerifyReport, verify_onnx
 from torchsae.fileio import atomic_write_bytes
 
-PROTOBUF_LIMIT = 2**31 - 1  # a single-file ONNX model cannot exceed 2 GiB
 BATCH_AXIS = "batch"
 
 
@@ -55,6 +58,7 @@ class ExportResult:
     size_bytes: int
     metadata: dict[str, str]
     report: VerifyReport
+    external_data: bool = False
 
 
 def export_onnx(
@@ -79,37 +83,71 @@ def export_onnx(
         ExportConfig(opset=opset, layout=layout, dtype=dtype).validate()
     except ConfigError as exc:
         raise ExportError(f"{output}: {exc}") from exc
-    resolution = model_cfg.resolution
     was_training = model.training
     on_cpu = all(t.device.type == "cpu" for t in (*model.parameters(), *model.buffers()))
     cpu_model = model if on_cpu else copy.deepcopy(model).cpu()  # never move the caller's model
+    output.parent.mkdir(parents=True, exist_ok=True)
     try:
-        reference = SwapGraph(cpu_model.eval(), layout)
-        if dtype == "fp16":
-            graph = SwapGraph(copy.deepcopy(cpu_model).half(), layout, torch.float16).eval()
-        else:
-            graph = reference
-        proto, exporter = trace_to_onnx(graph, layout, resolution, opset, str(output))
-        metadata = model_metadata(model_cfg, layout, dtype, opset, step, exporter)
-        _finish_proto(proto, metadata)
-        _pin_io_shapes(proto, layout, resolution)
-        data = check_proto(proto, opset, str(output))
-        report = verify_onnx(data, reference, layout, resolution, dtype, faces, label=str(output))
-        if layout == "dfm":
-            check_dfm_contract(data)
+        with tempfile.TemporaryDirectory(prefix=f".{output.name}.", suffix=".tmp", dir=output.parent) as tmp:
+            return _export_in(
+                cpu_model.eval(), output, Path(tmp), model_cfg, layout, opset, dtype, step, faces
+            )
     finally:
         model.train(was_training)
-    atomic_write_bytes(output, data)
-    return ExportResult(output, layout, dtype, opset, exporter, len(data), metadata, report)
 
 
-def trace_to_onnx(graph: nn.Module, layout: str, resolution: int, opset: int, label: str):
-    """Trace ``graph`` to an ``onnx.ModelProto`` at ``opset``; returns (proto, exporter name)."""
+def _export_in(
+    model: nn.Module,
+    output: Path,
+    workdir: Path,
+    model_cfg: ModelConfig,
+    layout: str,
+    opset: int,
+    dtype: str,
+    step: int | None,
+    faces: np.ndarray | None,
+) -> ExportResult:
+    """Trace, stamp, check and verify inside ``workdir``; publish to ``output`` only at the end."""
+    resolution = model_cfg.resolution
+    reference = SwapGraph(model, layout)
+    if dtype == "fp16":
+        graph = SwapGraph(copy.deepcopy(model).half(), layout, torch.float16).eval()
+    else:
+        graph = reference
+    proto, exporter = trace_to_onnx(graph, layout, resolution, opset, str(output), workdir)
+    metadata = model_metadata(model_cfg, layout, dtype, opset, step, exporter)
+    _finish_proto(proto, metadata)
+    _pin_io_shapes(proto, layout, resolution)
+    external = tensor_bytes(proto) >= PROTOBUF_LIMIT
+    if external:
+        staged = stage_external(proto, workdir / output.name)
+        check_proto(proto, opset, str(output), path=str(staged))
+        source: bytes | str = str(staged)
+    else:
+        source = check_proto(proto, opset, str(output))
+    del proto  # a multi-GiB proto need not live on through verification
+    report = verify_onnx(source, reference, layout, resolution, dtype, faces, label=str(output))
+    if layout == "dfm":
+        check_dfm_contract(source)
+    if isinstance(source, bytes):
+        atomic_write_bytes(output, source)
+        size = len(source)
+    else:
+        size = publish_external(Path(source), output)
+    return ExportResult(output, layout, dtype, opset, exporter, size, metadata, report, external)
+
+
+def trace_to_onnx(graph: nn.Module, layout: str, resolution: int, opset: int, label: str, workdir: Path):
+    """Trace ``graph`` to an ``onnx.ModelProto`` at ``opset``; returns (proto, exporter name).
+
+    The exporters write into ``workdir`` (switching to external data by themselves for models over
+    2 GiB); the proto is loaded back with its weights.
+    """
     order = ("torchscript", "dynamo") if opset == 17 else ("dynamo", "torchscript")
     errors = []
     for exporter in order:
         try:
-            proto = _export_with(exporter, graph, layout, resolution, opset)
+            proto = _export_with(exporter, graph, layout, resolution, opset, workdir / exporter)
         except Exception as exc:  # exporters raise many types; try the other path, report both
             errors.append(f"{exporter}: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}")
             continue
@@ -120,33 +158,35 @@ def trace_to_onnx(graph: nn.Module, layout: str, resolution: int, opset: int, la
     raise ExportError(f"{label}: could not export opset {opset} ({'; '.join(errors)})")
 
 
-def _export_with(exporter: str, graph: nn.Module, layout: str, resolution: int, opset: int):
+def _export_with(exporter: str, graph: nn.Module, layout: str, resolution: int, opset: int, folder: Path):
     import onnx
 
     spec = LAYOUTS[layout]
+    folder.mkdir()
+    path = str(folder / "graph.onnx")
     # batch 2: torch.export specialises sizes 0 and 1; a private generator leaves the caller's RNG alone
     sample = torch.rand(spec.input_shape(2, resolution), generator=torch.Generator().manual_seed(0))
     names = dict(input_names=[spec.input_name], output_names=list(spec.output_names), opset_version=opset)
     with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()), torch.no_grad():
         warnings.simplefilter("ignore")
         if exporter == "torchscript":
-            buffer = io.BytesIO()
             axes = {name: {0: BATCH_AXIS} for name in (spec.input_name, *spec.output_names)}
             torch.onnx.export(
-                graph, (sample,), buffer, dynamo=False, dynamic_axes=axes, do_constant_folding=True, **names
+                graph, (sample,), path, dynamo=False, dynamic_axes=axes, do_constant_folding=True, **names
             )
-            return onnx.load_from_string(buffer.getvalue())
-        batch = torch.export.Dim(BATCH_AXIS, min=1, max=4096)
-        program = torch.onnx.export(
-            graph,
-            (sample,),
-            dynamo=True,
-            dynamic_shapes={"face": {0: batch}},
-            verbose=False,
-            optimize=True,
-            **names,
-        )
-        return program.model_proto
+        else:
+            batch = torch.export.Dim(BATCH_AXIS, min=1, max=4096)
+            program = torch.onnx.export(
+                graph,
+                (sample,),
+                dynamo=True,
+                dynamic_shapes={"face": {0: batch}},
+                verbose=False,
+                optimize=True,
+                **names,
+            )
+            program.save(path)
+    return onnx.load(path)
 
 
 def _default_opset(proto) -> int | None:
@@ -213,22 +253,23 @@ def _pin_io_shapes(proto, layout: str, resolution: int) -> None:
             dims.add().dim_value = size
 
 
-def check_proto(proto, opset: int, label: str) -> bytes:
-    """Run ``onnx.checker`` (full check, with shape inference) and return the serialized bytes."""
+def check_proto(proto, opset: int, label: str, path: str | None = None) -> bytes:
+    """Run ``onnx.checker`` (full check, with shape inference); return the serialized bytes.
+
+    With ``path`` (a model staged with external data) the checker reads the file instead, as it
+    must for models over 2 GiB, and nothing is serialized.
+    """
     import onnx
 
     if _default_opset(proto) != opset:
         raise VerificationError(f"{label}: graph declares opset {_default_opset(proto)}, asked for {opset}")
-    size = proto.ByteSize()
-    if size > PROTOBUF_LIMIT:
-        raise ExportError(f"{label}: model is {size / 2**30:.2f} GiB, over ONNX's 2 GiB single-file limit")
     try:
-        onnx.checker.check_model(proto, full_check=True)
+        onnx.checker.check_model(path if path is not None else proto, full_check=True)
     except Exception as exc:  # onnx.checker.ValidationError and shape-inference errors
         raise VerificationError(
             f"{label}: onnx.checker rejects the graph: {str(exc).splitlines()[0]}"
         ) from exc
-    return proto.SerializeToString()
+    return b"" if path is not None else proto.SerializeToString()
 
 
 def read_metadata(path: str | Path) -> dict[str, str]:
