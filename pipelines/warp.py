@@ -158,6 +158,22 @@ def sample_warp_params(
     return WarpParams(w, rotation, scale, tx, ty, flips, cell, disp)
 
 
+def control_grid(params: WarpParams) -> torch.Tensor:
+    """DFL's control grid in pixels, [n, 9, 9, 2] float64 (x, y): ``linspace(0, w, c)`` plus ``disp``.
+
+    Only the top-left ``c = w // cell + 1`` points per axis belong to a sample. Resized by
+    ``cv2.resize`` (linear) to ``w + cell`` and cropped by ``cell/2``, the grid is DFL's ``mapx,
+    mapy`` (the OpenCV sampler in ``pipelines.cpu_sampler`` builds its maps this way; ``warp_maps``
+    is the same map in closed form).
+    """
+    idx = torch.arange(MAX_CONTROL, dtype=torch.float64, device=params.disp.device)
+    step = params.cell.to(torch.float64)[:, None] * idx  # linspace(0, w, c) = cell · index
+    base = torch.stack(
+        [step[:, None, :].expand(-1, MAX_CONTROL, -1), step[:, :, None].expand(-1, -1, MAX_CONTROL)], -1
+    )
+    return base + params.disp.permute(0, 2, 3, 1)
+
+
 def _remap_source(params: WarpParams, qn: torch.Tensor) -> torch.Tensor:
     """DFL's remap source points, normalised, at normalised positions ``qn`` [n, H, W, 2] (x, y).
 
