@@ -184,3 +184,18 @@ def test_unet_discriminator_is_what_the_trainer_builds() -> None:
     cfg = make_config(gan_power=0.5)
     _, _, discs, _ = setup(cfg)
     assert isinstance(discs["gan"], UNetPatchDiscriminator)
+
+
+def test_fp16_loss_scale_is_undone_exactly() -> None:
+    """With --amp fp16 the D losses are scaled by 2^10 before backward and the gradients unscaled
+    after; in fp32 arithmetic (no autocast) that must give the unscaled run's weights."""
+    results = []
+    for amp in ("none", "fp16"):
+        cfg = make_config(gan_power=0.1, true_face_power=0.01)
+        cfg.train.amp = amp
+        model, loss_fn, discs, opts = setup(cfg)
+        discriminator_steps(cfg, loss_fn, model, discs, opts, make_batch(seed=5))
+        results.append({k: d.state_dict() for k, d in discs.items()})
+    for name, state in results[0].items():
+        for key, value in state.items():
+            torch.testing.assert_close(results[1][name][key], value, rtol=0, atol=1e-7)

@@ -29,8 +29,14 @@ from torchsae.config import Config
 from torchsae.losses import SAEHDLoss
 from torchsae.models import SAEHD, CodeDiscriminator, UNetPatchDiscriminator
 from torchsae.optim import build_optimizer, clip_grad_norm
+from torchsae.train.precision import resolve_amp
 
 DISCRIMINATOR_NAMES = ("code", "gan")
+# fp16 training: the D losses are multiplied by this before backward and the gradients divided after,
+# so the small per-pixel BCE gradients of the patch logits do not underflow in fp16. A fixed scale
+# keeps the D steps stateless (nothing extra to checkpoint); an overflow is caught by the
+# non-finite guard below and skips that step.
+FP16_D_LOSS_SCALE = 2.0**10
 
 
 def build_discriminators(
@@ -71,14 +77,18 @@ def _unwrap(module: nn.Module) -> nn.Module:
     return module.module if isinstance(module, DDP) else module
 
 
-def _step(loss: torch.Tensor, disc: nn.Module, optimizer: torch.optim.Optimizer, clipgrad: bool) -> None:
-    """Backward, optional clip, update. A non-finite loss zeroes the gradients instead of poisoning
-    the weights; checked on the device (no host sync), so the update only decays the moments."""
-    loss.backward()
+def _step(
+    loss: torch.Tensor, disc: nn.Module, optimizer: torch.optim.Optimizer, clipgrad: bool, scale: float
+) -> None:
+    """Backward (of ``loss·scale``), unscale, optional clip, update. Non-finite gradients are zeroed
+    instead of poisoning the weights; checked on the device (no host sync), so such an update only
+    decays the moments."""
+    (loss * scale if scale != 1.0 else loss).backward()
     params = [p for p in disc.parameters() if p.grad is not None]
-    finite = torch.isfinite(loss.detach())
+    grads = [p.grad for p in params]
+    finite = torch.stack([torch.isfinite(g).all() for g in grads]).all() if grads else None
     for p in params:
-        p.grad = torch.where(finite, p.grad, torch.zeros_like(p.grad))
+        p.grad = torch.where(finite, p.grad / scale if scale != 1.0 else p.grad, torch.zeros_like(p.grad))
     if clipgrad:
         clip_grad_norm(params)
     optimizer.step()
@@ -103,17 +113,19 @@ def discriminator_steps(
     run_code = "code" in discs and loss_fn.trains_code_discriminator
     if not run_code and "gan" not in discs:
         return terms
+    _, fp16 = resolve_amp(cfg.train.amp, batch["warped_a"].device)
+    scale = FP16_D_LOSS_SCALE if fp16 else 1.0
     with torch.no_grad(), autocast():
         out = _unwrap(model)(batch["warped_a"], batch["warped_b"])
     if run_code:
         with autocast():
             loss, t = loss_fn.code_discriminator_loss(out, discs["code"])
-        _step(loss, discs["code"], optimizers["code"], cfg.optim.clipgrad)
+        _step(loss, discs["code"], optimizers["code"], cfg.optim.clipgrad, scale)
         terms.update(t)
     if "gan" in discs:
         with autocast():
             loss, t = loss_fn.gan_discriminator_loss(out, batch, discs["gan"])
-        _step(loss, discs["gan"], optimizers["gan"], cfg.optim.clipgrad)
+        _step(loss, discs["gan"], optimizers["gan"], cfg.optim.clipgrad, scale)
         terms.update(t)
     return terms
 
