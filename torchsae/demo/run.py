@@ -27,13 +27,13 @@ from torchsae.models import SAEHD
 from torchsae.train.checkpoint import find_last_checkpoint, load_checkpoint
 from torchsae.train.trainer import train
 
-# Small dims for a CPU: the DF/LIAE structure is unchanged, only widths shrink (ae 256 -> 64, e/d 64 -> 24).
+# Small dims for a CPU: the DF/LIAE structure is unchanged, only widths shrink (ae 256 -> 32, e/d 64 -> 16).
 DEMO_MODEL = {
     "archi": "liae-ud",
     "face_type": "wf",
-    "ae_dims": 64,
-    "e_dims": 24,
-    "d_dims": 24,
+    "ae_dims": 32,
+    "e_dims": 16,
+    "d_dims": 16,
     "d_mask_dims": 8,
 }
 DEMO_BATCH = 8
@@ -46,7 +46,7 @@ def demo_config(run_dir: Path, faceset_root: Path, steps: int, seed: int, resolu
     cfg.data.data_dir_a = str(faceset_root / "A")
     cfg.data.data_dir_b = str(faceset_root / "B")
     cfg.data.backend = "torch"
-    cfg.data.workers = 1
+    cfg.data.workers = 0  # decoding in-process: two cores are busy with the model already
     cfg.optim.lr = 2e-4  # the small model tolerates a larger step; the demo must learn in minutes
     cfg.train.batch_size = DEMO_BATCH
     cfg.train.max_steps = steps
