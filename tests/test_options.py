@@ -299,3 +299,16 @@ def test_two_ranks_with_every_option(tmp_path: Path, faceset) -> None:
     state = ck.load_checkpoint(tmp_path / "run/models/last.pth")
     assert digests == {state_digest(state["model"])}
     assert set(state["discriminators"]) == {"code", "gan"} and state["step"] == 3
+
+
+def test_discriminators_train_under_bf16_autocast(tmp_path: Path, faceset) -> None:
+    """The G loss calls the discriminators on autocast outputs (bf16 codes): they must run under the
+    same autocast, and the D steps too."""
+    cfg = all_options(tmp_path, faceset, 1)
+    cfg.loss.face_style_power = cfg.loss.bg_style_power = 0.0  # keep the CPU-autocast step short
+    cfg.data.uniform_yaw, cfg.data.ct_mode = False, "none"
+    cfg.train.amp = "bf16"
+    result = train(cfg)
+    assert result.step == 1 and result.skipped_steps == 0
+    state = ck.load_checkpoint(tmp_path / "models/last.pth")
+    assert set(state["optimizers"]["code"]["state"]) and set(state["optimizers"]["gan"]["state"])

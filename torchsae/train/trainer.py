@@ -269,11 +269,11 @@ def _train(cfg: Config, resume: Path | None, info: DistInfo, stop: StopRequest) 
                 drawn.append(batch["index_a"].tolist())
             sync = micro == accum - 1 or not info.distributed
             with contextlib.nullcontext() if sync else ddp_model.no_sync():
-                with autocast():
+                with autocast():  # the loss runs its discriminators under autocast, its maths in fp32
                     out = forward(batch["warped_a"], batch["warped_b"], loss_fn.needs_swap_ng)
-                loss, terms = loss_fn(
-                    out, batch, _unwrap(ddp_discs.get("code")), _unwrap(ddp_discs.get("gan"))
-                )
+                    loss, terms = loss_fn(
+                        out, batch, _unwrap(ddp_discs.get("code")), _unwrap(ddp_discs.get("gan"))
+                    )
                 scaler.scale(loss).backward()
             loss_total = loss_total + loss.detach()
         opt_g = optimizers["model"]
