@@ -121,6 +121,7 @@ def run_demo(out: Path, count: int = 512, steps: int = 2000, seed: int = 0, reso
         "resolution": resolution,
         "model": dict(DEMO_MODEL),
         "batch_size": DEMO_BATCH,
+        "lr": cfg.optim.lr,
         "count": count,
         "seed": seed,
         "train_seconds": round(train_seconds, 1),
