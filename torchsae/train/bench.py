@@ -18,7 +18,6 @@ with what this device reaches on dense maths, not with a datasheet number.
 
 from __future__ import annotations
 
-import platform
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -42,18 +41,12 @@ def _sync(device: torch.device) -> None:
 
 
 def device_name(device: torch.device) -> str:
-    """The GPU's name, or the CPU's model and core count."""
+    """The GPU's name, or the CPU's model, core count and torch's thread count."""
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{cpu}, {torch.get_num_threads()} threads"
+    from pipelines.bench import machine_description
+
+    return f"{machine_description()}, {torch.get_num_threads()} torch threads"
 
 
 def matmul_peak_flops(

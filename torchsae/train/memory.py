@@ -299,6 +299,7 @@ def cuda_probe_peak(
     RNG states are restored afterwards and everything is freed; an out-of-memory error means "does
     not fit" and returns a huge number.
     """
+    from torchsae.train.speed import use_channels_last
     from torchsae.train.step import build_parts, g_step, synthetic_batch
 
     amp_dtype, use_scaler = resolve_amp(cfg.train.amp, device)
@@ -311,6 +312,7 @@ def cuda_probe_peak(
         torch.cuda.reset_peak_memory_stats(device)
         try:
             parts = build_parts(cfg, device, amp_dtype=amp_dtype, use_scaler=use_scaler)
+            use_channels_last(parts.model, device)  # as the trainer runs it
             apply_checkpointing(parts.model, checkpoint)
             batch = synthetic_batch(micro_batch, cfg.model.resolution, device)
             for _ in range(2):
