@@ -18,7 +18,7 @@ import pytest
 import torch
 
 import torchsae
-from torchsae.config import ModelConfig
+from torchsae.config import ModelConfig, preset
 from torchsae.dfl.unpickle import restricted_loads
 from torchsae.export import ExportError, VerificationError
 from torchsae.export import onnx as onnx_module
@@ -246,3 +246,16 @@ def test_rejects_old_opset_and_unknown_layout(tmp_path: Path) -> None:
     with pytest.raises(ExportError, match="layout"):
         export_onnx(model, tmp_path / "m.onnx", cfg, layout="nhwc")
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("layout", ["torchsae", "dfm"])
+def test_full_size_preset_128(tmp_path: Path, layout: str) -> None:
+    """The real 128 preset (liae-ud, 82M parameters) still verifies within the fp32 bound."""
+    torch.manual_seed(0)
+    cfg = preset(128)
+    model = SAEHD(cfg).eval()
+    out = tmp_path / "sae_128.onnx"
+    result = export_onnx(model, out, cfg, layout=layout, faces=real_faces(128))
+    assert not result.external_data and result.report.max_diff <= FP32_TOLERANCE
+    assert_matches(out, layout, model, 128, FP32_TOLERANCE)

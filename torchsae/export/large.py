@@ -51,7 +51,10 @@ def stage_external(proto, staged: Path) -> Path:
 def publish_external(staged: Path, output: Path) -> int:
     """Move a verified staged pair to ``output`` (data first); returns the total bytes."""
     staged_data = staged.parent / data_name(staged)
+    umask = os.umask(0)
+    os.umask(umask)
     for path in (staged_data, staged):
+        os.chmod(path, 0o666 & ~umask)  # the two files get the same, ordinary permissions
         with open(path, "rb") as handle:
             os.fsync(handle.fileno())
     os.replace(staged_data, output.parent / data_name(output))
