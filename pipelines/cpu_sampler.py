@@ -37,20 +37,21 @@ _INVERSE = cv2.WARP_INVERSE_MAP
 _UNIT = np.float32(1.0 / 255.0)
 
 
-def _image_hwc(x: torch.Tensor) -> np.ndarray:
-    """One image [3, H, W] (uint8 0..255 or float 0..1) as contiguous float32 (H, W, 3) in [0, 1].
+def _planes(x: torch.Tensor) -> np.ndarray:
+    """A CPU batch as numpy, uint8 kept, anything else as float32 (one conversion per batch)."""
+    x = x.cpu()
+    return x.numpy() if x.dtype == torch.uint8 else x.float().numpy()
+
+
+def _image_hwc(planes: np.ndarray) -> np.ndarray:
+    """One image (3, H, W) (uint8 0..255 or float 0..1) as contiguous float32 (H, W, 3) in [0, 1].
 
     Float because OpenCV's cubic resampling runs faster on float32 than on uint8 here (measured
     0.33 vs 0.43 ms at 128 px, 1.2 vs 1.5 ms at 256) and the outputs are float anyway.
     """
-    if x.dtype == torch.uint8:
-        return np.multiply(cv2.merge(list(x.numpy())), _UNIT, dtype=np.float32)
-    return cv2.merge(list(x.float().numpy()))
-
-
-def _mask_hwc(x: torch.Tensor) -> np.ndarray:
-    """Both masks [2, H, W] as one (H, W, 2) array, uint8 as given (linear warps are SIMD on uint8)."""
-    return cv2.merge(list(x.numpy() if x.dtype == torch.uint8 else x.float().numpy()))
+    if planes.dtype == np.uint8:
+        return np.multiply(cv2.merge(list(planes)), _UNIT, dtype=np.float32)
+    return cv2.merge(list(planes))
 
 
 def _store_image(src: np.ndarray, dst: np.ndarray) -> None:
@@ -92,6 +93,14 @@ def _warp_map(grid: np.ndarray, cell: int, w: int, inverse: np.ndarray) -> np.nd
     )
 
 
+def sample_maps(params: WarpParams, i: int) -> tuple[np.ndarray, np.ndarray]:
+    """Sample ``i``'s OpenCV inputs: the inverse affine (2, 3) for ``warpAffine(..., WARP_INVERSE_MAP)``
+    (target, masks) and the warped image's (w, w, 2) float32 ``remap`` map."""
+    inverse = output_to_input(params)[i].numpy()
+    grid = control_grid(params)[i].numpy().astype(np.float32)
+    return inverse, _warp_map(grid, int(params.cell[i]), params.resolution, inverse)
+
+
 def opencv_geometry(
     images: torch.Tensor,
     masks: torch.Tensor,
@@ -116,8 +125,8 @@ def opencv_geometry(
     inverse = output_to_input(params).numpy()
     grid = control_grid(params).numpy().astype(np.float32) if warp else None
     cells = params.cell.tolist()
-    images, masks = images.cpu(), masks.cpu()
-    source = images if shared else warped_source.cpu()
+    images, masks = _planes(images), _planes(masks)
+    source = images if shared else _planes(warped_source)
     target = torch.empty(n, 3, res, res)
     warped = target if (shared and not warp) else torch.empty(n, 3, res, res)
     mask, em = torch.empty(n, 1, res, res), torch.empty(n, 1, res, res)
@@ -129,7 +138,7 @@ def opencv_geometry(
         image = _resized(_image_hwc(images[i]), w, cubic)
         out = cv2.warpAffine(image, q, size, flags=cubic | _INVERSE, borderMode=cv2.BORDER_REPLICATE)
         _store_image(_resized(out, res, cubic), target_np[i])
-        pair = _resized(_mask_hwc(masks[i]), w, linear)
+        pair = _resized(cv2.merge(list(masks[i])), w, linear)  # uint8 stays uint8: SIMD linear warps
         out = cv2.warpAffine(pair, q, size, flags=linear | _INVERSE, borderMode=cv2.BORDER_CONSTANT)
         _store_masks(_resized(out, res, linear), mask_np[i, 0], em_np[i, 0])
         if warped is target:
