@@ -8,7 +8,8 @@ once beforehand so the page cache, not the disk, serves them: the disk is a prop
 
 One sample = what one side of a training step needs: warped + target + full-face mask + eyes/mouth
 mask. ``host`` stops at collated uint8 images + masks (on a GPU machine augmentation runs on the GPU);
-``full`` adds the batched augmentation on the CPU.
+``full`` adds the augmentation on the CPU, as ``Augmenter`` runs it there (OpenCV resampling,
+``pipelines.cpu_sampler``); ``augment_ms_per_sample`` is the difference of the two, per core.
 """
 
 from __future__ import annotations
@@ -146,6 +147,7 @@ def measure(
         "host_samples_per_s_per_core": host["per_cpu_s"],
         "full_samples_per_s_per_core": full["per_cpu_s"],
         "host_fraction_of_ceiling": host["per_cpu_s"] / decode["per_cpu_s"],
+        "augment_ms_per_sample": 1000.0 / full["per_cpu_s"] - 1000.0 / host["per_cpu_s"],
         "cpu_per_wall": {
             "decode": decode["cpu_per_wall"],
             "host": host["cpu_per_wall"],
