@@ -64,8 +64,11 @@ def test_wandb_offline_run_records_scalars_and_previews(tmp_path: Path, monkeypa
     logger.close()
     runs = list((tmp_path / "logs" / "wandb").glob("offline-run-*"))
     assert len(runs) == 1
-    records = next(runs[0].glob("*.wandb")).read_bytes()
-    assert b"loss/a" in records
+    records = next(runs[0].glob("*.wandb"))
+    deadline = time.monotonic() + 20  # wandb's service process writes the record file asynchronously
+    while b"loss/a" not in records.read_bytes() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert b"loss/a" in records.read_bytes()
     assert list((runs[0] / "files" / "media" / "images").glob("preview_11_*.png"))
 
 
