@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import cv2
@@ -10,21 +9,14 @@ import pytest
 import torch
 import yaml
 from click.testing import CliRunner
-from test_train_support import TINY_FLAGS, make_faceset, tiny_config
+from test_train_support import TINY_FLAGS, make_faceset, one_thread, tiny_config  # noqa: F401
 
 from torchsae.cli.train import train_cmd
 from torchsae.losses import SAEHDLoss
 from torchsae.train import checkpoint as ck
 from torchsae.train.trainer import DivergedError, state_digest, train
 
-
-@pytest.fixture(autouse=True)
-def one_thread() -> Iterator[None]:
-    """Two cores shared with other tests: one intra-op thread is faster and deterministic."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # every test here trains in-process
 
 
 @pytest.fixture(scope="module")

@@ -6,12 +6,10 @@ import random
 import signal
 import subprocess
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import torch
-from test_train_support import make_faceset, subprocess_env, tiny_config, train_command
+from test_train_support import make_faceset, one_thread, subprocess_env, tiny_config, train_command  # noqa: F401
 
 from torchsae.train import checkpoint as ck
 from torchsae.train.trainer import state_digest, train
@@ -20,14 +18,6 @@ from torchsae.train.trainer import state_digest, train
 @pytest.fixture(scope="module")
 def faceset(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     return make_faceset(tmp_path_factory.mktemp("faces"))
-
-
-@pytest.fixture
-def one_thread() -> Iterator[None]:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def _start(faceset, run: Path, *extra: str) -> subprocess.Popen:
@@ -70,9 +60,10 @@ def test_a_second_sigint_exits_at_once(tmp_path: Path, faceset) -> None:
     assert not list((tmp_path / "models").glob(".*.tmp"))  # an interrupted save leaves no temp file
 
 
+@pytest.mark.usefixtures("one_thread")
 @pytest.mark.parametrize("kills", [2, pytest.param(6, marks=pytest.mark.slow)])
 def test_kill_9_at_random_moments_always_leaves_a_loadable_checkpoint(
-    tmp_path: Path, faceset, one_thread, kills: int
+    tmp_path: Path, faceset, kills: int
 ) -> None:
     """save_interval 1: most of the time is spent saving, so the kills land inside saves too."""
     steps = 10
