@@ -100,6 +100,9 @@ def run_demo(out: Path, count: int = 512, steps: int = 2000, seed: int = 0, reso
     train_start = time.perf_counter()
     result = train(cfg, resume=resume)
     train_seconds = time.perf_counter() - train_start
+    if result.stopped_by_signal:
+        print(f"stopped at step {result.step} and saved; run the same command again to continue")
+        raise SystemExit(0)
     checkpoint = find_last_checkpoint(out)
     model, step = trained_model(checkpoint)
 
