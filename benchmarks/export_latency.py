@@ -33,10 +33,10 @@ from torchsae.config import ModelConfig, preset
 from torchsae.export.onnx import export_onnx
 from torchsae.export.tensorrt import missing_requirements
 from torchsae.export.verify import cpu_cores, make_session
-from torchsae.fileio import atomic_write_text
 from torchsae.models import SAEHD
 
-RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from results import RESULTS, append_results  # noqa: E402
 
 
 def interleaved_median_ms(fns: dict[str, Callable[[], object]], warmup: int, iters: int) -> dict[str, float]:
@@ -193,14 +193,6 @@ def _ort_version() -> str:
     import onnxruntime
 
     return onnxruntime.__version__
-
-
-def append_results(section: str) -> None:
-    """Append to RESULTS.md, re-reading it first (other benchmarks append to it too)."""
-    current = (
-        RESULTS.read_text() if RESULTS.exists() else "# Benchmark results\n\nMeasured tables, newest last.\n"
-    )
-    atomic_write_text(RESULTS, current.rstrip("\n") + "\n\n" + section)
 
 
 def main() -> None:
