@@ -55,6 +55,10 @@ def largest_batch(cfg: Config, amp: torch.dtype | None, checkpoint: str, limit: 
     return low
 
 
+def _cell(size: int) -> str:
+    return "–" if size == 0 else f"{MAX_BATCH}+" if size >= MAX_BATCH else str(size)
+
+
 def models() -> list[tuple[str, ModelConfig]]:
     """(dims label, config) for each resolution × archi × {DeepFaceLab defaults, the preset if other}."""
     rows = []
@@ -85,9 +89,8 @@ def table() -> str:
         cells = []
         for budget in BUDGETS_GIB:
             limit = int(budget * 2**30 * FIT_FRACTION)
-            cells.append(
-                " / ".join(str(largest_batch(cfg, amp, ck, limit) or "–") for _, amp, ck in SETTINGS)
-            )
+            sizes = [largest_batch(cfg, amp, ck, limit) for _, amp, ck in SETTINGS]
+            cells.append(" / ".join(_cell(size) for size in sizes))
         lines.append(
             f"| {model.resolution} | {model.archi} | {label} | {format_bytes(static)} | "
             + " | ".join(cells)
@@ -128,8 +131,9 @@ was made; on a GPU the trainer's planner measures with probe steps (`torch.cuda.
 instead, and GPU-measured rows will be added here when they exist.
 
 Columns per budget: fp32 (no `--amp`) / bf16 (`--amp bf16`) / bf16 with every encoder and decoder
-block checkpointed (what `--memory-budget` turns on when needed). Without a GPU the discriminators
-(true_face_power, gan_power) are off; they add their own weights and activations.
+block checkpointed (what `--memory-budget` turns on when needed); "{MAX_BATCH}+": the search stops there.
+The discriminators are off (true_face_power and gan_power 0, DeepFaceLab's defaults); turned on, they
+add their weights, moments and activations. The trainer's `--model-size` presets are liae-ud.
 
 {rows}
 
@@ -142,7 +146,10 @@ for an 8 GiB budget:
 
 The fixed part (weights + gradients + moments, and the update's temporaries, about 3× the weights)
 dominates at 384 px with the preset dims: there the inter's first dense layer alone has
-8·e·(R/16)²·ae weights. Those models need a 24 GiB card, smaller dims, or a leaner optimiser update.
+8·e·(R/16)²·ae weights. Those models need a 24 GiB card, smaller dims, or a leaner optimiser update:
+the update's temporaries alone are 3.13 GiB for the 256 preset (liae-ud 384/80/80/26), which is why it
+does not fit 8 GiB even at batch 1; an update applied in chunks would bring batch 4 (bf16) to about
+6.05 GiB by the same estimate.
 
 Generated {stamp} by `{command}` in {seconds:.0f} s.
 """

@@ -15,8 +15,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -41,7 +40,6 @@ class StepParts:
     forward: Callable[..., dict[str, torch.Tensor]]
     amp_dtype: torch.dtype | None = None
     scaler: torch.amp.GradScaler | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
 
     def autocast(self, device: torch.device) -> contextlib.AbstractContextManager:
         """Autocast in the AMP dtype (a no-op without AMP)."""
