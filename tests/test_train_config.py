@@ -9,7 +9,7 @@ import torch
 from click.testing import CliRunner
 
 from torchsae.cli.train import OPTION_MAP, flags_to_overrides, train_cmd
-from torchsae.config import Config, ModelConfig
+from torchsae.config import PRESETS, Config, ModelConfig
 from torchsae.errors import ConfigError
 from torchsae.train.checkpoint import save_checkpoint
 from torchsae.train.precision import resolve_amp
@@ -48,7 +48,7 @@ def test_precedence_defaults_preset_file_flags(tmp_path: Path) -> None:
     flags = {"train": {"max_steps": 99, "run_dir": str(tmp_path)}}
     config, resume = resolve_run_config(flags, config_file=file, model_size=256)
     assert resume is None
-    assert config.model.resolution == 256 and config.model.e_dims == 80  # preset
+    assert config.model.resolution == 256 and config.model.archi == PRESETS[256]["archi"]  # preset
     assert config.model.ae_dims == 320  # file over preset
     assert config.train.batch_size == 3  # file over default
     assert config.train.max_steps == 99  # flag over file

@@ -321,14 +321,18 @@ def _section_from_dict(section_cls: type, values: dict[str, Any], section: str) 
     return section_cls(**values)
 
 
-# Model sizes chosen per resolution for ``--model-size``. DeepFaceLab's defaults (ae 256, e 64, d 64,
-# d_mask 22) at 128; wider codes and decoders at 256 and 384, where a 128-px-sized bottleneck loses
-# detail (the DeepFaceLive FAQ recommends ae 512 for its 224-px live models). The inter's dense
-# layers already grow with res² through L = res // 32, so the growth here is moderate.
+# Model sizes chosen per resolution for ``--model-size``. 128 is DeepFaceLab's default model (liae-ud,
+# ae 256, e 64, d 64, d_mask 22). At 256 and 384 the layer count grows instead of the widths: option
+# ``t`` adds a fifth downscale and residual blocks to the encoder and a fourth upscale to the decoder,
+# so the dense bottleneck works on res/32 features and the inter layers stay small (the inter's dense
+# layers grow with res² otherwise: liae-ud 384 would be 250 M parameters, mostly in two dense
+# layers). 384 also widens the decoder (d 80) for the finer detail. Totals: 82 M, 103 M, 166 M
+# parameters, which keeps 384 trainable on 8 GB cards with micro-batching (docs/MEMORY.md). DeepFaceLive's
+# FAQ recommends the same family (liae-udt) for live models.
 PRESETS: dict[int, dict[str, Any]] = {
     128: {"archi": "liae-ud", "ae_dims": 256, "e_dims": 64, "d_dims": 64, "d_mask_dims": 22},
-    256: {"archi": "liae-ud", "ae_dims": 384, "e_dims": 80, "d_dims": 80, "d_mask_dims": 26},
-    384: {"archi": "liae-ud", "ae_dims": 512, "e_dims": 96, "d_dims": 96, "d_mask_dims": 32},
+    256: {"archi": "liae-udt", "ae_dims": 256, "e_dims": 64, "d_dims": 64, "d_mask_dims": 22},
+    384: {"archi": "liae-udt", "ae_dims": 256, "e_dims": 64, "d_dims": 80, "d_mask_dims": 26},
 }
 
 
