@@ -9,6 +9,8 @@ checkpoint resumes the exact stream.
 from __future__ import annotations
 
 import math
+import multiprocessing
+import multiprocessing.context
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -132,6 +134,18 @@ def _one_cv2_thread(_worker_id: int) -> None:
     cv2.setNumThreads(1)
 
 
+def _worker_context() -> multiprocessing.context.BaseContext:
+    """Workers start from a fork server, not by forking the trainer.
+
+    Why: forking a process that already runs threads (DALI's executor, TensorBoard's writer, torch's
+    intra-op pool, tqdm's monitor) copies locks held by those threads into the child, where nothing
+    will ever release them; the worker then hangs forever. The fork server is a clean single-threaded
+    process that imports this module once, so each worker still starts in milliseconds.
+    """
+    multiprocessing.set_forkserver_preload([__name__])
+    return multiprocessing.get_context("forkserver")
+
+
 def _passthrough(batch: dict[str, Any]) -> dict[str, Any]:
     """Collation already happened in ``__getitems__``; a module-level function so workers can pickle it."""
     return batch
@@ -171,6 +185,7 @@ class TorchLoader:
         extra: dict[str, Any] = {}
         if self.workers > 0:
             extra = {
+                "multiprocessing_context": _worker_context(),
                 "persistent_workers": True,
                 "prefetch_factor": self.prefetch_factor,
                 "worker_init_fn": _one_cv2_thread,
