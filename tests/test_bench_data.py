@@ -21,6 +21,7 @@ from torchsae.cli import main
 from torchsae.dfl.masks import eyes_mouth_mask
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+from data_throughput import resampling_floor  # noqa: E402
 from dfl_baseline import dfl_sample, eyes_mouth_whole_image, load_record, warp_params  # noqa: E402
 
 FIXTURES = Path(__file__).parent / "fixtures" / "dfl"
@@ -62,6 +63,8 @@ def test_measure_reports_the_three_rates(tmp_path: Path) -> None:
     assert result["host_samples_per_s_per_core"] < 1.5 * result["decode_ceiling_per_core"]
     assert result["full_samples_per_s_per_core"] < result["host_samples_per_s_per_core"]
     assert result["files"] == 8 and result["image_size"] == 128
+    expected = 1000 / result["full_samples_per_s_per_core"] - 1000 / result["host_samples_per_s_per_core"]
+    assert math.isclose(result["augment_ms_per_sample"], expected) and expected > 0
 
 
 def test_cli_bench_data_json(tmp_path: Path) -> None:
@@ -160,3 +163,11 @@ def test_whole_image_eyes_mouth_equals_the_windowed_form(h: int) -> None:
     whole = eyes_mouth_whole_image(landmarks, h, h)
     np.testing.assert_array_equal(whole, eyes_mouth_mask(landmarks, (h, h))[..., 0])
     assert whole.max() > 0.5
+
+
+def test_resampling_floor_is_above_the_complete_path(tmp_path: Path) -> None:
+    """The two bicubic resamplings alone are only part of the augmentation: cheaper than all of it."""
+    paths = [str(p) for p in make_faceset(tmp_path, 4, size=128)]
+    floor = resampling_floor(paths, 64, 4, seconds=0.05)
+    full = measure(tmp_path, 64, "torch", seconds=0.05, batch_size=4)["full_samples_per_s_per_core"]
+    assert floor > full > 0
