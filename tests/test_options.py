@@ -312,3 +312,17 @@ def test_discriminators_train_under_bf16_autocast(tmp_path: Path, faceset) -> No
     assert result.step == 1 and result.skipped_steps == 0
     state = ck.load_checkpoint(tmp_path / "models/last.pth")
     assert set(state["optimizers"]["code"]["state"]) and set(state["optimizers"]["gan"]["state"])
+
+
+def test_new_flags_map_to_their_config_keys() -> None:
+    from torchsae.cli.train import flags_to_overrides
+
+    given = {"gan_patch_size": 8, "gan_dims": 4, "blur_out_mask": True, "pretrain": True, "pretrain_dir": "p"}
+    assert flags_to_overrides(given) == {
+        "model": {"gan_patch_size": 8, "gan_dims": 4},
+        "loss": {"blur_out_mask": True},
+        "train": {"pretrain": True},
+        "data": {"pretrain_dir": "p"},
+    }
+    cfg = Config().updated(flags_to_overrides(given))
+    assert (cfg.model.resolved_gan_patch_size, cfg.model.gan_dims, cfg.loss.blur_out_mask) == (8, 4, True)
