@@ -53,7 +53,7 @@ class ShardedStream:
             order = np.arange(self.n)
         total = self.per_rank * self.world
         if total > self.n:
-            order = np.concatenate([order, order[: total - self.n]])
+            order = np.resize(order, total)  # wraps cyclically, also when world > 2 * n
         return order[self.rank : total : self.world]
 
     def batches(self, batch_size: int, epoch: int = 0, position: int = 0) -> Iterator[list[int]]:

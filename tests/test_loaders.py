@@ -196,3 +196,19 @@ def test_backend_switch(faceset, monkeypatch: pytest.MonkeyPatch) -> None:
     assert "\n" not in str(info.value)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     assert pipelines.resolve_backend("auto", "cuda") == "torch"  # no DALI: auto falls back to torch
+
+
+@pytest.mark.parametrize(("n", "world"), [(1, 4), (2, 7), (3, 3), (5, 2)])
+def test_tiny_facesets_give_every_rank_a_full_shard(n: int, world: int) -> None:
+    """Fewer files than ranks: padding wraps cyclically, so no rank's shard is empty (no endless loop)."""
+    from pipelines.torch_loader import ShardedStream
+
+    seen = set()
+    for rank in range(world):
+        stream = ShardedStream(n, rank, world, seed=3)
+        shard = stream.epoch_indices(0)
+        assert len(shard) == stream.per_rank >= 1
+        seen.update(shard.tolist())
+        first = next(stream.batches(batch_size=4))
+        assert len(first) == 4 and all(0 <= i < n for i in first)
+    assert seen == set(range(n))
