@@ -87,10 +87,16 @@ def init_distributed(device_name: str = "auto", timeout_s: float = 1800.0) -> Di
         return DistInfo(0, 0, 1, device, None)
     backend = "nccl" if device.type == "cuda" else "gloo"
     if not dist.is_initialized():
-        kwargs: dict[str, Any] = {"backend": backend, "timeout": datetime.timedelta(seconds=timeout_s)}
+        timeout = datetime.timedelta(seconds=timeout_s)
+        kwargs: dict[str, Any] = {"backend": backend, "timeout": timeout}
         if device.type == "cuda":
             kwargs["device_id"] = device
-        dist.init_process_group(**kwargs)
+        # torchrun's agent keeps one store across --max-restarts; the keys of a restarted attempt
+        # must not meet the dead attempt's (a stale gloo address means "connection refused")
+        store, _, _ = next(dist.rendezvous("env://", rank, world_size, timeout=timeout))
+        attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
+        prefixed = dist.PrefixStore(f"torchsae/attempt_{attempt}", store)
+        dist.init_process_group(store=prefixed, rank=rank, world_size=world_size, **kwargs)
     return DistInfo(rank, local_rank, world_size, device, backend)
 
 
