@@ -22,6 +22,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from results import append_results  # noqa: E402
 
+import torch  # noqa: E402
+
 from pipelines.bench import machine_description  # noqa: E402
 from torchsae.demo.run import DEMO_BATCH, DEMO_MODEL, run_demo  # noqa: E402
 
@@ -33,7 +35,8 @@ def table(summary: dict, command: str, load: float) -> str:
     lines = [
         f"## Swap quality after {summary['steps']} steps (demo faceset, {when})",
         "",
-        f"Machine: {machine_description()}, CPU only, load average {load:.1f} while measuring. "
+        f"Machine: {machine_description()}, CPU only, {torch.get_num_threads()} torch threads, load average "
+        f"{load:.1f} while measuring. "
         f"Command: `{command}`. Model: {dims}, {summary['resolution']} px, batch {DEMO_BATCH} per side, "
         f"lr {summary.get('lr', 'demo default')}; faceset {summary['count']} faces per side, seed "
         f"{summary['seed']}. Score: the swap A→B (DeepFaceLab's `pred_src_dst`) against the held-out truth "
