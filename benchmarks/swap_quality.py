@@ -20,9 +20,8 @@ import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from results import append_results  # noqa: E402
-
 import torch  # noqa: E402
+from results import append_results  # noqa: E402
 
 from pipelines.bench import machine_description  # noqa: E402
 from torchsae.demo.run import DEMO_BATCH, DEMO_MODEL, run_demo  # noqa: E402
