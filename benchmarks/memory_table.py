@@ -60,54 +60,51 @@ def _cell(size: int) -> str:
 
 
 def models() -> list[tuple[str, ModelConfig]]:
-    """(dims label, config) for each resolution × archi × {DeepFaceLab defaults, the preset if other}."""
+    """(dims label, config): df-ud and liae-ud at DeepFaceLab's default dims, then the preset as
+    ``--model-size`` gives it (its own archi and dims), per resolution."""
     rows = []
     for resolution in PRESETS:
         for archi in ("df-ud", "liae-ud"):
-            default = ModelConfig(archi=archi, resolution=resolution)
-            rows.append(("DFL default (256/64/64/22)", default))
-            p = preset(resolution)
-            p.archi = archi
-            dims = (p.ae_dims, p.resolved_e_dims, p.resolved_d_dims, p.resolved_d_mask_dims)
-            if dims != (
-                default.ae_dims,
-                default.resolved_e_dims,
-                default.resolved_d_dims,
-                default.resolved_d_mask_dims,
-            ):
-                rows.append((f"preset ({'/'.join(map(str, dims))})", p))
+            rows.append(("DFL default", ModelConfig(archi=archi, resolution=resolution)))
+        rows.append((f"--model-size {resolution} preset", preset(resolution)))
     return rows
 
 
 def table() -> str:
-    head = "| res | archi | dims (ae/e/d/mask) | weights + grads + moments | "
+    head = "| res | archi | dims (ae/e/d/mask) | weights + grads + moments | update temporaries | "
     head += " | ".join(f"{b} GiB: fp32 / bf16 / bf16+ckpt" for b in BUDGETS_GIB) + " |"
-    lines = [head, "|" + "---|" * (4 + len(BUDGETS_GIB))]
+    lines = [head, "|" + "---|" * (5 + len(BUDGETS_GIB))]
     for label, model in models():
         cfg = _config(model)
-        static = estimate_step_memory(cfg, 1).static
+        one = estimate_step_memory(cfg, 1)
         cells = []
         for budget in BUDGETS_GIB:
             limit = int(budget * 2**30 * FIT_FRACTION)
             sizes = [largest_batch(cfg, amp, ck, limit) for _, amp, ck in SETTINGS]
             cells.append(" / ".join(_cell(size) for size in sizes))
+        dims = f"{model.ae_dims}/{model.resolved_e_dims}/{model.resolved_d_dims}/{model.resolved_d_mask_dims}"
         lines.append(
-            f"| {model.resolution} | {model.archi} | {label} | {format_bytes(static)} | "
-            + " | ".join(cells)
-            + " |"
+            f"| {model.resolution} | {model.archi} | {dims} ({label}) | {format_bytes(one.static)} | "
+            f"{format_bytes(one.optimizer_temporaries)} | " + " | ".join(cells) + " |"
         )
         print(lines[-1], flush=True)
     return "\n".join(lines)
 
 
 def target_plans() -> list[str]:
-    """The issue's targets as the planner resolves them on an 8 GiB budget."""
+    """The issue's targets and the presets at the default batch, as the planner resolves them on 8 GiB."""
     out = []
     for resolution, batch in ((256, 8), (384, 4)):
         cfg = _config(ModelConfig(archi="df-ud", resolution=resolution))
         cfg.train.batch_size = batch
         plan = plan_memory(cfg, torch.device("cpu"), budget=8 * 2**30)
         out.append(f"- df-ud {resolution}, default dims, batch {batch}: {plan.describe()}")
+    for resolution in PRESETS:  # the presets at the trainer's default batch
+        cfg = _config(preset(resolution))
+        plan = plan_memory(cfg, torch.device("cpu"), budget=8 * 2**30)
+        out.append(
+            f"- `--model-size {resolution}` ({cfg.model.archi}), batch {cfg.train.batch_size}: {plan.describe()}"
+        )
     return out
 
 
@@ -117,7 +114,7 @@ def document(rows: str, plans: list[str], command: str, seconds: float) -> str:
 
 The largest batch **per side** (A and B each) that one training step fits in 8, 12 and 24 GiB, in one
 pass without gradient accumulation, for each preset resolution and archi at DeepFaceLab's default dims
-(ae 256, e 64, d 64, mask 22) and at the `--model-size` preset's dims. "–": not even batch 1 fits.
+(ae 256, e 64, d 64, mask 22) and for each `--model-size` preset as it is (its archi and dims). "–": not even batch 1 fits.
 
 **How these figures were obtained: CPU saved-tensor estimates, not GPU measurements.** Each is
 `torchsae.train.memory.estimate_step_memory`: the step's forward pass runs on fake tensors (no
@@ -133,7 +130,7 @@ instead, and GPU-measured rows will be added here when they exist.
 Columns per budget: fp32 (no `--amp`) / bf16 (`--amp bf16`) / bf16 with every encoder and decoder
 block checkpointed (what `--memory-budget` turns on when needed); "{MAX_BATCH}+": the search stops there.
 The discriminators are off (true_face_power and gan_power 0, DeepFaceLab's defaults); turned on, they
-add their weights, moments and activations. The trainer's `--model-size` presets are liae-ud.
+add their weights, moments and activations.
 
 {rows}
 
@@ -144,12 +141,10 @@ for an 8 GiB budget:
 
 {chr(10).join(plans)}
 
-The fixed part (weights + gradients + moments, and the update's temporaries, about 3× the weights)
-dominates at 384 px with the preset dims: there the inter's first dense layer alone has
-8·e·(R/16)²·ae weights. Those models need a 24 GiB card, smaller dims, or a leaner optimiser update:
-the update's temporaries alone are 3.13 GiB for the 256 preset (liae-ud 384/80/80/26), which is why it
-does not fit 8 GiB even at batch 1; an update applied in chunks would bring batch 4 (bf16) to about
-6.05 GiB by the same estimate.
+The fixed part is weights + gradients + AdaBelief's moments (4× the weights) plus, during the
+update, the optimiser's temporaries (3× the trainable weights: `torchsae.optim` builds g−m, √v+ε and
+the update as whole foreach lists). It grows with the inter's first dense layer, 8·e·(R/16)²·ae
+weights (R/32 with the `t` option), which is why the presets deepen rather than widen with resolution.
 
 Generated {stamp} by `{command}` in {seconds:.0f} s.
 """
