@@ -104,6 +104,22 @@ def test_static_memory_matches_the_parameter_count_fixture(optimizer: str, state
     assert estimate.inputs == 2 * (8 * 256 * 256 * 4 + 8)
 
 
+@pytest.mark.parametrize("amp", [None, torch.bfloat16])
+def test_fake_tensor_estimate_equals_the_real_saved_bytes(amp: torch.dtype | None) -> None:
+    """The estimate's fake forward counts exactly what a real CPU forward + loss saves."""
+    cfg = _config()
+    parts = build_parts(cfg, "cpu", amp_dtype=amp)
+    batch = synthetic_batch(2, TINY["resolution"], "cpu")
+
+    def step() -> None:
+        with parts.autocast(torch.device("cpu")):
+            out = parts.model(batch["warped_a"], batch["warped_b"])
+        parts.loss_fn(out, batch)
+
+    real, _ = saved_tensor_bytes(step, exclude=parts.model.parameters())
+    assert estimate_step_memory(cfg, 2, amp_dtype=amp).activations == real
+
+
 def test_estimate_grows_affinely_with_batch() -> None:
     """fp32, no AMP: every saved activation has a batch axis, so the second difference is zero."""
     cfg = _config()
