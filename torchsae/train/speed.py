@@ -43,14 +43,6 @@ def use_channels_last(module: nn.Module, device: torch.device) -> bool:
     return True
 
 
-def channels_last_batch(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """The batch's 4-D tensors in channels_last (same values), others unchanged."""
-    return {
-        key: value.contiguous(memory_format=torch.channels_last) if value.dim() == 4 else value
-        for key, value in batch.items()
-    }
-
-
 class CompiledOrEager:
     """Call ``torch.compile(module)``; if compiling or running the compiled code raises, warn once and
     call the eager module from then on (the run goes on, only slower).
