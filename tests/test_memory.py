@@ -1,4 +1,4 @@
-"""The memory estimate, activation checkpointing and the budget planner (torchsae.train.memory).
+"""The memory estimate and budget planner (train.memory) and activation checkpointing (train.recompute).
 
 References: saved-tensor bytes written out by hand for single ops; parameter counts from
 tests/fixtures/param_counts.json (DeepFaceLab's own counts, spec §7); the estimate's growth with batch
@@ -21,13 +21,12 @@ from torchsae.errors import ConfigError
 from torchsae.train.memory import (
     FIT_FRACTION,
     MemoryBudgetError,
-    apply_checkpointing,
-    checkpoint_targets,
     estimate_step_memory,
     parse_bytes,
     plan_memory,
     saved_tensor_bytes,
 )
+from torchsae.train.recompute import apply_checkpointing, checkpoint_targets
 from torchsae.train.step import build_parts, synthetic_batch
 
 FIXTURES = Path(__file__).parent / "fixtures"
