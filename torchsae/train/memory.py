@@ -1,4 +1,4 @@
-"""Memory of one training step: measured estimates, activation checkpointing and the budget planner.
+"""Memory of one training step: measured estimates and the budget planner (checkpointing: recompute.py).
 
 Why: DeepFaceLab users with 8 GB cards run out of memory above ~224 px and are told to grow their
 page file. Given ``--memory-budget`` (default on a GPU: its free memory), the trainer asks
