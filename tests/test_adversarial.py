@@ -199,3 +199,19 @@ def test_fp16_loss_scale_is_undone_exactly() -> None:
     for name, state in results[0].items():
         for key, value in state.items():
             torch.testing.assert_close(results[1][name][key], value, rtol=0, atol=1e-7)
+
+
+def test_bare_step_runs_discriminator_terms_under_bf16_autocast() -> None:
+    """The benchmark/probe step (train.step.g_step) evaluates the loss, discriminators included, in autocast.
+
+    Outside autocast the bf16 codes meet fp32 discriminator weights and the step crashes.
+    """
+    from torchsae.train.step import build_parts, g_step, synthetic_batch
+
+    cfg = make_config("df-ud", true_face_power=0.1, gan_power=0.1)
+    parts = build_parts(cfg, "cpu", amp_dtype=torch.bfloat16)
+    assert set(parts.discriminators) == {"code", "gan"}
+    before = [p.detach().clone() for p in parts.model.parameters()]
+    loss = g_step(parts, [synthetic_batch(2, RES, "cpu")])
+    assert loss.dtype == torch.float32 and torch.isfinite(loss)
+    assert any(not torch.equal(b, p) for b, p in zip(before, parts.model.parameters(), strict=True))

@@ -22,8 +22,9 @@ from torch import nn
 
 from torchsae.config import Config
 from torchsae.losses import SAEHDLoss
-from torchsae.models import SAEHD, CodeDiscriminator, UNetPatchDiscriminator
+from torchsae.models import SAEHD
 from torchsae.optim import build_optimizer
+from torchsae.train.adversarial import build_discriminators
 
 Batch = dict[str, torch.Tensor]
 SIDE_CHANNELS = (("warped", 3), ("target", 3), ("mask", 1), ("em", 1))
@@ -66,11 +67,7 @@ def build_parts(
     empty = fake_mode is not None
     with torch.device("meta") if empty else contextlib.nullcontext():
         model = SAEHD(cfg.model)
-        discs: dict[str, nn.Module] = {}
-        if loss_fn.uses_code_discriminator:
-            discs["code"] = CodeDiscriminator(model.code_channels, model.code_resolution)
-        if loss_fn.uses_gan:
-            discs["gan"] = UNetPatchDiscriminator(cfg.model.resolved_gan_patch_size, 3, cfg.model.gan_dims)
+        discs = build_discriminators(cfg, model, loss_fn, torch.device("meta") if empty else device)
     with fake_mode or contextlib.nullcontext():
         for module in (model, *discs.values()):
             module.to_empty(device=device) if empty else module.to(device)
@@ -117,9 +114,10 @@ def g_step(parts: StepParts, micro_batches: list[Batch] | Iterator[Batch]) -> to
     for batch in micro_batches:
         batch = parts.loss_fn.prepare_targets(batch)
         device = batch["warped_a"].device
-        with parts.autocast(device):
+        with parts.autocast(device):  # the loss too: the discriminators inside it run under AMP
             out = parts.forward(batch["warped_a"], batch["warped_b"], parts.loss_fn.needs_swap_ng)
-        loss, _ = parts.loss_fn(out, batch, parts.discriminators.get("code"), parts.discriminators.get("gan"))
+            discs = parts.discriminators
+            loss, _ = parts.loss_fn(out, batch, discs.get("code"), discs.get("gan"))
         (parts.scaler.scale(loss) if parts.scaler is not None else loss).backward()
         total = loss.detach() if total is None else total + loss.detach()
     if total is None:
