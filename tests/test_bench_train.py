@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import math
 import warnings
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -28,12 +27,7 @@ TINY_FLAGS = ["--archi", "df-ud", "--resolution", "32", "--ae-dims", "16", "--e-
 TINY_FLAGS += ["--d-mask-dims", "2", "--device", "cpu"]
 
 
-@pytest.fixture(autouse=True)
-def one_thread() -> Iterator[None]:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _hand_forward_flops(model: nn.Module, run) -> int:

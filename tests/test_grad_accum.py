@@ -8,7 +8,6 @@ split differently and compare the weights after one optimiser step.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -25,12 +24,7 @@ TINY = {"archi": "df-ud", "resolution": 32, "ae_dims": 16, "e_dims": 8, "d_dims"
 FULL = 4  # samples per side in the fixed batch every run sees
 
 
-@pytest.fixture(autouse=True)
-def one_thread() -> Iterator[None]:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 class _FixedStream:

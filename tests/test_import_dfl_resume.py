@@ -8,7 +8,6 @@ moments: with the same weights and batch, m after one step differs from a zero-m
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -21,13 +20,7 @@ from torchsae.cli.train import train_cmd
 from torchsae.dfl.model_import import import_dfl_model
 from torchsae.train.checkpoint import load_checkpoint, save_checkpoint
 
-
-@pytest.fixture(autouse=True)
-def one_thread() -> Iterator[None]:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _train(checkpoint: Path, faces: tuple[Path, Path], max_steps: int) -> str:

@@ -3,7 +3,6 @@ and leaving it, the colour and yaw options reaching the data pipeline, and the C
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -24,13 +23,7 @@ from torchsae.train.pretrain import pretrain_view, reinit_inters
 from torchsae.train.runconfig import resolve_run_config
 from torchsae.train.trainer import state_digest, train
 
-
-@pytest.fixture(autouse=True)
-def one_thread() -> Iterator[None]:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
