@@ -9,7 +9,7 @@ import pytest
 import torch
 import yaml
 from click.testing import CliRunner
-from test_train_support import TINY_FLAGS, make_faceset, one_thread, tiny_config  # noqa: F401
+from test_train_support import TINY_FLAGS, make_faceset, tiny_config
 
 from torchsae.cli.train import train_cmd
 from torchsae.losses import SAEHDLoss

@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 
 import pytest
-from test_train_support import make_faceset, one_thread, subprocess_env, tiny_config, train_command  # noqa: F401
+from test_train_support import make_faceset, subprocess_env, tiny_config, train_command
 
 from torchsae.train import checkpoint as ck
 from torchsae.train.trainer import state_digest, train

@@ -4,11 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Iterator
 from pathlib import Path
-
-import pytest
-import torch
 
 from torchsae.config import Config, ModelConfig
 
@@ -27,16 +23,6 @@ TINY_FLAGS += [
     "--device",
     "cpu",
 ]
-
-
-@pytest.fixture
-def one_thread() -> Iterator[None]:
-    """One intra-op thread while a test trains in-process: the machine's two cores are shared with other
-    tests and processes, where a second thread mostly waits; results stay deterministic."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def make_faceset(root: Path, count: int = 8) -> tuple[Path, Path]:
