@@ -4,7 +4,7 @@ Runs ``torchsae.demo.run.run_demo`` (synthetic faceset -> small SAEHD -> swap Aâ
 held-out truth pairs, PSNR and SSIM inside the face mask) and appends one table: the trained model
 next to the untrained one and to "no swap at all", with the budget, machine and wall times.
 
-    python benchmarks/swap_quality.py [--steps 400] [--count 256] [--resolution 64] [--no-append]
+    python benchmarks/swap_quality.py [--steps 300] [--count 256] [--resolution 128] [--no-append]
 
 A fixed budget (steps, batch, faceset size, seed) makes runs comparable across code changes; the
 wall times depend on the machine and on whatever else it runs (the load average is recorded).
@@ -58,9 +58,9 @@ def table(summary: dict, command: str, load: float) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, default=400)
+    parser.add_argument("--steps", type=int, default=300)
     parser.add_argument("--count", type=int, default=256, help="faces per side")
-    parser.add_argument("--resolution", type=int, default=64)
+    parser.add_argument("--resolution", type=int, default=128)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=None, help="run folder (default: a temporary one)")
     parser.add_argument("--no-append", action="store_true", help="print the table, do not write RESULTS.md")
