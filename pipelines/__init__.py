@@ -43,28 +43,44 @@ def make_loader(
 
     ``uniform_yaw`` samples uniformly over yaw bins (``pipelines.yaw``); DALI's file reader cannot
     take a sampler, so that mode always uses the DataLoader backend (with a warning if DALI was asked).
+    Likewise an index whose files need re-cropping to the model's face type (``index.needs_recrop``):
+    the DALI pipeline only resizes, so the DataLoader backend re-crops them instead.
     """
+    import warnings
+
     import torch
 
     backend = resolve_backend(backend, device)
+    recrop = getattr(index, "recrop", None) if getattr(index, "needs_recrop", False) else None
+    pin = torch.device(device).type == "cuda"
     if uniform_yaw:
-        import warnings
-
         from pipelines.torch_loader import TorchLoader
         from pipelines.yaw import UniformYawStream, index_yaws
 
         if backend == "dali":
             warnings.warn("uniform yaw sampling uses the DataLoader backend, not DALI", stacklevel=2)
         stream = UniformYawStream(index_yaws(index), rank, world_size, seed)
-        pin = torch.device(device).type == "cuda"
         return TorchLoader(
-            index.paths, index.resolution, batch_size, workers=workers, pin_memory=pin, stream=stream
+            index.paths,
+            index.resolution,
+            batch_size,
+            workers=workers,
+            pin_memory=pin,
+            stream=stream,
+            recrop=recrop,
         )
     args = (index.paths, index.resolution, batch_size, rank, world_size, seed, workers)
+    if backend == "dali" and recrop is not None:
+        warnings.warn(
+            f"{index.root}: faces of another face type than the model's are re-cropped by the "
+            "DataLoader backend, not DALI",
+            stacklevel=2,
+        )
+        backend = "torch"
     if backend == "dali":
         from pipelines.dali_loader import DaliLoader
 
         return DaliLoader(*args, device=device)
     from pipelines.torch_loader import TorchLoader
 
-    return TorchLoader(*args, pin_memory=torch.device(device).type == "cuda")
+    return TorchLoader(*args, pin_memory=pin, recrop=recrop)

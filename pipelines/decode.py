@@ -42,3 +42,34 @@ def decode_bgr(data: bytes, resolution: int, out: np.ndarray | None = None) -> n
         out[...] = image
         return out
     return image
+
+
+def decode_recropped(
+    data: bytes, resolution: int, mat: np.ndarray, out: np.ndarray | None = None
+) -> np.ndarray:
+    """Decode JPEG bytes at full size and warp them to the model's face type: uint8 BGR (R, R, 3).
+
+    ``mat`` is the index's (2, 3) re-crop affine from the file's pixels to the R² crop
+    (``FacesetIndex.recrop``). As DeepFaceLab does for images (spec §5, "Crop"): cubic interpolation
+    and a replicated border, so a crop that reaches past the stored image smears its edge instead of
+    going black. Full size because a re-crop to a tighter face type magnifies the stored crop.
+    """
+    image = simplejpeg.decode_jpeg(data, colorspace="BGR", strict=True)
+    size = (resolution, resolution)
+    warped = cv2.warpAffine(
+        image, np.asarray(mat, np.float64), size, flags=cv2.INTER_CUBIC, borderMode=cv2.BORDER_REPLICATE
+    )
+    if out is not None:
+        out[...] = warped
+        return out
+    return warped
+
+
+def decode_sample(
+    data: bytes, resolution: int, mat: np.ndarray | None = None, out: np.ndarray | None = None
+) -> np.ndarray:
+    """One index row's training image: re-cropped where ``mat`` is a finite (2, 3) affine, else the
+    fast DCT-scaled path (``decode_bgr``). A NaN ``mat`` (the index's "no re-crop" row) means resize."""
+    if mat is not None and np.isfinite(mat).all():
+        return decode_recropped(data, resolution, mat, out)
+    return decode_bgr(data, resolution, out)

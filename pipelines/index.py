@@ -8,9 +8,15 @@ loader rank shares through the page cache.
 Layout (``DIR/.torchsae/``)::
 
     lock                         fcntl lock: one builder per node, the others wait then load
-    index_r128_xseg/CURRENT      names the live generation; replaced atomically (the commit point)
-    index_r128_xseg/v000003/     manifest.json, masks.npy, landmarks.npy, skipped.json
-    index_r128_xseg/.build-*/    a build in progress (or one that crashed: removed by the next build)
+    index_r128_xseg_f/CURRENT    names the live generation; replaced atomically (the commit point)
+    index_r128_xseg_f/v000003/   manifest.json, masks.npy, landmarks.npy, recrop.npy, yaw.npy, skipped.json
+    index_r128_xseg_f/.build-*/  a build in progress (or one that crashed: removed by the next build)
+
+The family name carries the model's face type (``_f``): files cropped for another face type are
+re-cropped (spec §5, "Crop"), so their masks differ per model face type. Without a face type
+(``index_r128_xseg``) every file is used as stored. ``recrop.npy`` holds, per file, the float32 (2, 3)
+affine from the file's pixels to the R² crop of the model's face type, NaN where the file already is
+of that type (it is only resized).
 
 A build writes a complete new generation, fsyncs it, then swaps ``CURRENT``; a crash at any point
 leaves the previous generation live. Entries whose size and mtime are unchanged are copied from the
@@ -43,7 +49,7 @@ from torchsae.config import MASK_POLICIES
 from torchsae.errors import TorchSAEError
 from torchsae.fileio import atomic_write_text
 
-INDEX_VERSION = 1
+INDEX_VERSION = 2  # 2: the family is keyed by the model face type; recrop.npy
 SIDECAR = ".torchsae"
 
 
@@ -56,7 +62,8 @@ class FacesetIndex:
     """A loaded side index. Row ``i`` of every array belongs to ``files[i]``.
 
     ``landmarks`` are in the file's own pixel coordinates (``image_sizes[i]`` wide), NaN where a file
-    has none; ``masks`` is a read-only memmap.
+    has none; ``masks`` is a read-only memmap; ``recrop`` float32 [N, 2, 3] is the re-crop affine per
+    file (NaN rows: resize only) and ``face_type`` the model face type it was built for (None: as stored).
     """
 
     root: Path
@@ -68,6 +75,13 @@ class FacesetIndex:
     masks: np.ndarray
     landmarks: np.ndarray
     skipped: list[dict] = field(default_factory=list)
+    face_type: str | None = None
+    recrop: np.ndarray | None = None
+
+    @property
+    def needs_recrop(self) -> bool:
+        """Whether any file must be warped (not just resized) to the model's crop."""
+        return self.recrop is not None and bool(np.isfinite(self.recrop).all(axis=(1, 2)).any())
 
     def __len__(self) -> int:
         return len(self.files)
@@ -100,9 +114,23 @@ class BuildReport:
         return f"indexed {len(self.index)} files, skipped {skipped} (see {where})"
 
 
-def index_dir(root: str | Path, resolution: int, policy: str) -> Path:
-    """The folder that holds every generation of one (resolution, policy) index."""
-    return Path(root) / SIDECAR / f"index_r{resolution}_{policy}"
+def short_face_type(face_type: str | None) -> str | None:
+    """``'f'`` for ``'f'`` or ``'full_face'``; None stays None; anything else is a SideIndexError."""
+    from torchsae.dfl.geometry import SHORT_FACE_TYPES
+
+    if face_type is None or face_type in SHORT_FACE_TYPES:
+        return face_type
+    for short, long in SHORT_FACE_TYPES.items():
+        if face_type == long:
+            return short
+    raise SideIndexError(f"face type {face_type!r}: must be one of {', '.join(SHORT_FACE_TYPES)}")
+
+
+def index_dir(root: str | Path, resolution: int, policy: str, face_type: str | None = None) -> Path:
+    """The folder that holds every generation of one (resolution, policy, model face type) index."""
+    short = short_face_type(face_type)
+    suffix = "" if short is None else f"_{short}"
+    return Path(root) / SIDECAR / f"index_r{resolution}_{policy}{suffix}"
 
 
 @contextlib.contextmanager
@@ -122,7 +150,8 @@ def build_lock(root: str | Path) -> Iterator[None]:
             fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
 
 
-def _check_args(root: Path, resolution: int, policy: str) -> None:
+def _check_args(root: Path, resolution: int, policy: str, face_type: str | None) -> None:
+    short_face_type(face_type)
     if not root.is_dir():
         raise SideIndexError(f"{root}: not a folder of face images")
     if policy not in MASK_POLICIES:
@@ -131,10 +160,13 @@ def _check_args(root: Path, resolution: int, policy: str) -> None:
         raise SideIndexError(f"resolution {resolution}: must be at least 16")
 
 
-def load_index(root: str | Path, resolution: int, policy: str = "xseg") -> FacesetIndex:
+def load_index(
+    root: str | Path, resolution: int, policy: str = "xseg", face_type: str | None = None
+) -> FacesetIndex:
     """Load the live generation; raise SideIndexError if there is none (run ``torchsae index``)."""
     root = Path(root)
-    family = index_dir(root, resolution, policy)
+    face_type = short_face_type(face_type)
+    family = index_dir(root, resolution, policy, face_type)
     try:
         generation = family / (family / "CURRENT").read_text().strip()
         manifest = json.loads((generation / "manifest.json").read_text())
@@ -150,24 +182,34 @@ def load_index(root: str | Path, resolution: int, policy: str = "xseg") -> Faces
         )
     entries = manifest["entries"]
     count = len(entries)
-    if count:
-        masks = np.load(generation / "masks.npy", mmap_mode="r")
-        landmarks = np.load(generation / "landmarks.npy")
-    else:
-        masks = np.zeros((0, 2, resolution, resolution), np.uint8)
-        landmarks = np.zeros((0, 68, 2), np.float32)
-    if masks.shape != (count, 2, resolution, resolution) or landmarks.shape[0] != count:
+    try:
+        if count:
+            masks = np.load(generation / "masks.npy", mmap_mode="r")
+            landmarks = np.load(generation / "landmarks.npy")
+            recrop = np.load(generation / "recrop.npy")
+        else:
+            masks = np.zeros((0, 2, resolution, resolution), np.uint8)
+            landmarks = np.zeros((0, 68, 2), np.float32)
+            recrop = np.zeros((0, 2, 3), np.float32)
+    except (OSError, ValueError) as exc:
+        raise SideIndexError(f"{generation}: unreadable index arrays ({exc}); rebuild it") from exc
+    if (
+        masks.shape != (count, 2, resolution, resolution)
+        or landmarks.shape[0] != count
+        or recrop.shape != (count, 2, 3)
+    ):
         raise SideIndexError(
-            f"{generation}: masks.npy or landmarks.npy does not match the manifest; rebuild it"
+            f"{generation}: masks.npy, landmarks.npy or recrop.npy does not match the manifest; rebuild it"
         )
+    names = [e["name"] for e in entries]
     return FacesetIndex(
-        root, resolution, policy, generation, [e["name"] for e in entries], entries, masks, landmarks, skipped
+        root, resolution, policy, generation, names, entries, masks, landmarks, skipped, face_type, recrop
     )
 
 
-def _try_load(root: Path, resolution: int, policy: str) -> FacesetIndex | None:
+def _try_load(root: Path, resolution: int, policy: str, face_type: str | None) -> FacesetIndex | None:
     try:
-        return load_index(root, resolution, policy)
+        return load_index(root, resolution, policy, face_type)
     except SideIndexError:
         return None
 
@@ -195,10 +237,12 @@ def _unchanged(old: dict, stat: os.stat_result, path: Path, verify: bool) -> boo
         return False
 
 
-def is_stale(root: str | Path, resolution: int, policy: str, verify: bool = False) -> bool:
+def is_stale(
+    root: str | Path, resolution: int, policy: str, verify: bool = False, face_type: str | None = None
+) -> bool:
     """Whether the faceset changed since the live index was built (or there is none)."""
     root = Path(root)
-    current = _try_load(root, resolution, policy)
+    current = _try_load(root, resolution, policy, face_type)
     if current is None:
         return True
     known = {e["name"]: e for e in current.entries} | {s["name"]: s for s in current.skipped}
@@ -215,15 +259,19 @@ def _one_thread() -> None:
     cv2.setNumThreads(1)
 
 
-def _run_jobs(paths: list[str], resolution: int, policy: str, workers: int, progress: bool) -> list:
+def _run_jobs(
+    paths: list[str], resolution: int, policy: str, face_type: str | None, workers: int, progress: bool
+) -> list:
     """process_file over ``paths`` on ``workers`` processes, in order, with a progress bar."""
     from tqdm import tqdm
 
+    # face_type is passed only when set, so process_file keeps its 3-argument call for plain indexes
+    extra = () if face_type is None else (face_type,)
     bar = tqdm(total=len(paths), desc="indexing", unit="file", disable=not progress or not paths)
     results: list = []
     if workers <= 1 or len(paths) < 32:
         for path in paths:
-            results.append(process_file(path, resolution, policy))
+            results.append(process_file(path, resolution, policy, *extra))
             bar.update()
     else:
         import multiprocessing
@@ -233,9 +281,8 @@ def _run_jobs(paths: list[str], resolution: int, policy: str, workers: int, prog
         context = multiprocessing.get_context("spawn")
         with ProcessPoolExecutor(max_workers=workers, mp_context=context, initializer=_one_thread) as pool:
             chunk = max(1, min(64, len(paths) // (workers * 8)))
-            for result in pool.map(
-                process_file, paths, [resolution] * len(paths), [policy] * len(paths), chunksize=chunk
-            ):
+            columns = [[resolution] * len(paths), [policy] * len(paths)] + [[e] * len(paths) for e in extra]
+            for result in pool.map(process_file, paths, *columns, chunksize=chunk):
                 results.append(result)
                 bar.update()
     bar.close()
@@ -251,7 +298,12 @@ def _fsync(path: Path) -> None:
 
 
 def _write_generation(
-    family: Path, resolution: int, policy: str, rows: list[tuple[dict, object]], skipped: list[dict]
+    family: Path,
+    resolution: int,
+    policy: str,
+    face_type: str | None,
+    rows: list[tuple[dict, object]],
+    skipped: list[dict],
 ) -> Path:
     """Write a complete generation into a temp folder, fsync it, rename it to ``vNNNNNN``; return it.
 
@@ -265,19 +317,25 @@ def _write_generation(
         build / "masks.npy", mode="w+", dtype=np.uint8, shape=(count, 2, resolution, resolution)
     )
     landmarks = np.full((count, 68, 2), np.nan, np.float32)
+    recrop = np.full((count, 2, 3), np.nan, np.float32)
     for i, (_, source) in enumerate(rows):
         if isinstance(source, Indexed):
             masks[i] = source.masks
             if source.landmarks is not None and source.landmarks.shape == (68, 2):
                 landmarks[i] = source.landmarks
+            if source.recrop is not None:
+                recrop[i] = source.recrop
         else:
             old, row = source
             masks[i] = old.masks[row]
             landmarks[i] = old.landmarks[row]
+            recrop[i] = old.recrop[row]
     masks.flush()
     del masks
     with open(build / "landmarks.npy", "wb") as handle:
         np.save(handle, landmarks)
+    with open(build / "recrop.npy", "wb") as handle:
+        np.save(handle, recrop)
     from pipelines.yaw import estimate_yaws  # lazy: it needs torch, the rest of indexing does not
 
     with open(build / "yaw.npy", "wb") as handle:  # uniform-yaw sampling bins faces by head yaw
@@ -286,11 +344,12 @@ def _write_generation(
         "version": INDEX_VERSION,
         "resolution": resolution,
         "policy": policy,
+        "face_type": face_type,
         "entries": [e for e, _ in rows],
     }
     (build / "manifest.json").write_text(json.dumps(manifest))
     (build / "skipped.json").write_text(json.dumps(skipped, indent=1))
-    for name in ("masks.npy", "landmarks.npy", "yaw.npy", "manifest.json", "skipped.json"):
+    for name in ("masks.npy", "landmarks.npy", "recrop.npy", "yaw.npy", "manifest.json", "skipped.json"):
         _fsync(build / name)
     _fsync(build)
     numbers = [int(p.name[1:]) for p in family.glob("v[0-9]*") if p.name[1:].isdigit()]
@@ -311,9 +370,15 @@ def _remove_old(family: Path, keep: Path) -> None:
 
 
 def _build_locked(
-    root: Path, resolution: int, policy: str, workers: int, progress: bool, verify: bool
+    root: Path,
+    resolution: int,
+    policy: str,
+    face_type: str | None,
+    workers: int,
+    progress: bool,
+    verify: bool,
 ) -> BuildReport:
-    old = _try_load(root, resolution, policy)
+    old = _try_load(root, resolution, policy, face_type)
     old_entries = {} if old is None else {e["name"]: i for i, e in enumerate(old.entries)}
     old_skipped = {} if old is None else {s["name"]: s for s in old.skipped}
     files = _scan(root)
@@ -330,7 +395,7 @@ def _build_locked(
     if old is not None and not todo and len(reused) == len(old.entries) and len(skipped) == len(old.skipped):
         return BuildReport(old, processed=0, reused=len(reused))  # up to date: keep the live generation
     new: dict[str, Indexed] = {}
-    for result in _run_jobs([str(root / n) for n in todo], resolution, policy, workers, progress):
+    for result in _run_jobs([str(root / n) for n in todo], resolution, policy, face_type, workers, progress):
         if isinstance(result, Indexed):
             new[result.entry["name"]] = result
         else:
@@ -347,11 +412,15 @@ def _build_locked(
         elif name in reused:
             old_index, row = reused[name]
             rows.append((old_index.entries[row], reused[name]))
-    family = index_dir(root, resolution, policy)
-    generation = _write_generation(family, resolution, policy, rows, [skipped[n] for n in sorted(skipped)])
+    family = index_dir(root, resolution, policy, face_type)
+    bad = [skipped[n] for n in sorted(skipped)]
+    generation = _write_generation(family, resolution, policy, face_type, rows, bad)
     atomic_write_text(family / "CURRENT", generation.name + "\n")
     _remove_old(family, generation)
-    return BuildReport(load_index(root, resolution, policy), processed=len(todo), reused=len(reused))
+    report = BuildReport(
+        load_index(root, resolution, policy, face_type), processed=len(todo), reused=len(reused)
+    )
+    return report
 
 
 def build_index(
@@ -361,18 +430,21 @@ def build_index(
     workers: int | None = None,
     progress: bool = True,
     verify: bool = False,
+    face_type: str | None = None,
 ) -> BuildReport:
     """Bring the side index up to date under the lock (a no-op that keeps the live generation when
-    nothing changed) and report what was done. ``workers`` defaults to every core."""
+    nothing changed) and report what was done. ``workers`` defaults to every core. ``face_type`` is
+    the model's (``ModelConfig.face_type``): files of another face type are re-cropped to it."""
     root = Path(root)
-    _check_args(root, resolution, policy)
+    _check_args(root, resolution, policy, face_type)
+    face_type = short_face_type(face_type)
     workers = workers if workers is not None else (os.cpu_count() or 1)
     with build_lock(root):
-        return _build_locked(root, resolution, policy, workers, progress, verify)
+        return _build_locked(root, resolution, policy, face_type, workers, progress, verify)
 
 
 def ensure_index(root: str | Path, resolution: int, policy: str = "xseg", **options) -> FacesetIndex:
     """The up-to-date index, built first where the faceset changed; safe to call from every rank (the
     first rank on a node builds under the lock, the others wait and then find nothing to do).
-    ``options`` are build_index's ``workers``, ``progress`` and ``verify``."""
+    ``options`` are build_index's ``workers``, ``progress``, ``verify`` and ``face_type``."""
     return build_index(root, resolution, policy, **options).index

@@ -36,11 +36,13 @@ NO_METADATA_DIGEST = "none"
 
 @dataclass(frozen=True)
 class Indexed:
-    """A usable file: its manifest entry fields, masks (2, R, R) uint8 and landmarks (68, 2) or None."""
+    """A usable file: its manifest entry fields, masks (2, R, R) uint8, landmarks (68, 2) or None, and
+    the (2, 3) re-crop matrix from the file's pixels to the model's face type at R (None: no re-crop)."""
 
     entry: dict
     masks: np.ndarray
     landmarks: np.ndarray | None
+    recrop: np.ndarray | None = None
 
 
 @dataclass(frozen=True)
@@ -69,13 +71,16 @@ def to_uint8(mask: np.ndarray) -> np.ndarray:
     return np.rint(np.clip(mask, 0.0, 1.0) * 255.0).astype(np.uint8)
 
 
-def _draw_masks(meta, image_size: int, resolution: int, policy: str, source: str) -> tuple[np.ndarray, str]:
-    """(2, R, R) uint8 full-face + eyes-mouth masks and the name of the full mask's source."""
+def _draw_masks(
+    meta, image_size: int, resolution: int, policy: str, source: str, face_type: str | None
+) -> tuple[np.ndarray, str]:
+    """(2, R, R) uint8 full-face + eyes-mouth masks (re-cropped to ``face_type`` where it differs from
+    the file's) and the name of the full mask's source."""
     from torchsae.dfl.masks import face_masks_at
 
     if not meta.has_metadata and policy != "full":
         raise ValueError("no DeepFaceLab metadata (no landmarks); --mask-policy full trains on it unmasked")
-    full, eyes_mouth = face_masks_at(meta, (image_size, image_size), resolution, policy, source)
+    full, eyes_mouth = face_masks_at(meta, (image_size, image_size), resolution, policy, source, face_type)
     kind = "full" if policy == "full" else ("xseg" if meta.has_xseg and policy != "hull" else "hull")
     return np.stack([to_uint8(full), to_uint8(eyes_mouth)]), kind
 
@@ -86,8 +91,23 @@ def _without_source(exc: Exception, source: str) -> str:
     return text[len(source) + 2 :] if text.startswith(source + ": ") else text
 
 
-def process_file(path: str, resolution: int, policy: str) -> Indexed | Skipped:
-    """Validate ``path`` and compute its index row; never raises for a bad file."""
+def _recrop_mat(meta, resolution: int, face_type: str | None) -> np.ndarray | None:
+    """The file-pixels -> R-pixels affine for the model's ``face_type`` (None: same type, resize)."""
+    from torchsae.dfl.geometry import recrop_mat
+
+    if face_type is None or meta.landmarks is None:
+        return None
+    mat = recrop_mat(meta.landmarks, meta.resolved_face_type, resolution, face_type)
+    return None if mat is None else np.asarray(mat, np.float32)
+
+
+def process_file(path: str, resolution: int, policy: str, face_type: str | None = None) -> Indexed | Skipped:
+    """Validate ``path`` and compute its index row; never raises for a bad file.
+
+    ``face_type`` is the model's (short or DeepFaceLab name); files cropped for another face type get
+    re-cropped masks and a re-crop matrix (spec §5, "Crop"). Files without DeepFaceLab metadata (only
+    usable with policy ``full``) have no known face type and are used as stored.
+    """
     name = os.path.basename(path)
     try:
         stat = os.stat(path)
@@ -123,8 +143,10 @@ def process_file(path: str, resolution: int, policy: str) -> Indexed | Skipped:
         meta = load_meta(path)
     except TorchSAEError as exc:
         return skip(f"unusable DeepFaceLab metadata ({_without_source(exc, path)})")
+    wanted = face_type if meta.has_metadata else None
     try:
-        masks, kind = _draw_masks(meta, width, resolution, policy, path)
+        masks, kind = _draw_masks(meta, width, resolution, policy, path, wanted)
+        recrop = _recrop_mat(meta, resolution, wanted)
     except (TorchSAEError, ValueError) as exc:
         return skip(_without_source(exc, path))
 
@@ -140,4 +162,4 @@ def process_file(path: str, resolution: int, policy: str) -> Indexed | Skipped:
         "mask": kind,
         "colorspace": colorspace,
     }
-    return Indexed(entry, masks, landmarks)
+    return Indexed(entry, masks, landmarks, recrop)

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from pipelines.decode import decode_bgr
+from pipelines.decode import decode_sample
 from torchsae.errors import TorchSAEError
 
 # Bad-file replacement gives up after this many consecutive failures (a faceset that is mostly broken
@@ -87,11 +87,16 @@ class JpegBatchDataset:
 
     A file that fails to decode is counted and replaced by the next file in index order that decodes
     (deterministic, so a resumed run sees the same replacement); ``indices`` reports what was used.
+    ``recrop`` (the index's float32 [N, 2, 3], NaN rows: resize only) re-crops files of another face
+    type than the model's (``pipelines.decode.decode_recropped``); the others keep the fast path.
     """
 
-    def __init__(self, paths: Sequence[str], resolution: int) -> None:
+    def __init__(self, paths: Sequence[str], resolution: int, recrop: np.ndarray | None = None) -> None:
         self.paths = list(paths)
         self.resolution = resolution
+        if recrop is not None and len(recrop) != len(self.paths):
+            raise ValueError(f"recrop has {len(recrop)} rows for {len(self.paths)} files")
+        self.recrop = None if recrop is None else np.asarray(recrop, np.float32)
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -103,7 +108,8 @@ class JpegBatchDataset:
             try:
                 with open(self.paths[candidate], "rb") as handle:
                     data = handle.read()
-                decode_bgr(data, self.resolution, out)
+                mat = None if self.recrop is None else self.recrop[candidate]
+                decode_sample(data, self.resolution, mat, out)
                 return candidate, attempt
             except (OSError, ValueError):
                 continue
@@ -171,8 +177,9 @@ class TorchLoader:
         prefetch_factor: int = 4,
         shuffle: bool = True,
         stream: ShardedStream | None = None,
+        recrop: np.ndarray | None = None,
     ) -> None:
-        self.dataset = JpegBatchDataset(paths, resolution)
+        self.dataset = JpegBatchDataset(paths, resolution, recrop)
         # ``stream`` replaces the plain shuffle (e.g. pipelines.yaw.UniformYawStream)
         self.stream = stream or ShardedStream(len(self.dataset), rank, world_size, seed, shuffle)
         self.batch_size, self.workers, self.pin_memory = batch_size, workers, pin_memory
