@@ -165,17 +165,12 @@ def make_train_batches(
             raise TorchSAEError(
                 f"data.data_dir_{side} is not set (side {side.upper()}: a folder of face JPEGs)"
             )
-        # the model's face type: files cropped for another one are re-cropped (spec §5, "Crop")
-        index = ensure_index(
-            folder,
-            resolution,
-            data.mask_policy,
-            progress=progress and rank == 0,
-            face_type=cfg.model.face_type,
-        )
+        index = ensure_index(folder, resolution, data.mask_policy, progress=progress and rank == 0)
         if len(index) == 0:
             raise TorchSAEError(f"{folder}: no usable face images (see {index.directory / 'skipped.json'})")
         indexes[side] = index
+        if rank == 0:
+            _warn_face_type(index, cfg.model.face_type)
         # the two sides draw independent orders: offset the seed so A and B are not in lockstep
         seed = cfg.train.seed + (0 if side == "a" else 1_000_003)
         loaders[side] = make_loader(
@@ -184,3 +179,24 @@ def make_train_batches(
     if augmenter is None:
         augmenter = Augmenter(resolution, data, seed=cfg.train.seed)
     return TrainBatches(loaders, indexes, augmenter, device, rank=rank, ct_mode=data.ct_mode)
+
+
+def _warn_face_type(index: FacesetIndex, model_face_type: str) -> None:
+    """Warn once per side when files are cropped for another face type than the model's.
+
+    DeepFaceLab re-crops such files on the fly (spec §5, "Crop"); TorchSAE trains on the crop as
+    stored, so the faceset should be extracted (or converted) for the model's face type.
+    """
+    import warnings
+
+    from torchsae.dfl.geometry import SHORT_FACE_TYPES
+
+    wanted = SHORT_FACE_TYPES.get(model_face_type, model_face_type)
+    others = sorted({e["face_type"] for e in index.entries if e["face_type"] not in (None, wanted)})
+    if others:
+        count = sum(e["face_type"] in others for e in index.entries)
+        warnings.warn(
+            f"{index.root}: {count} of {len(index)} faces are {', '.join(others)} crops but the model is "
+            f"{wanted}; they are used as stored (no re-crop)",
+            stacklevel=3,
+        )

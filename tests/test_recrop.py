@@ -13,7 +13,7 @@ import pytest
 
 from pipelines import make_loader
 from pipelines.decode import decode_bgr
-from pipelines.index import build_index, index_dir, load_index
+from pipelines.index import SideIndexError, build_index, index_dir, load_index
 from pipelines.torch_loader import TorchLoader
 from torchsae.dfl.geometry import recrop_mat, transform_points
 from torchsae.dfl.meta import load_meta
@@ -135,6 +135,21 @@ def test_dali_falls_back_to_the_dataloader_when_files_need_recropping(faceset: P
         loaded |= _by_name(next(loader), index)
     loader.close()
     np.testing.assert_array_equal(loaded[WF], _images(index)[WF])
+
+
+def test_uniform_yaw_loader_recrops_too(faceset: Path) -> None:
+    index = _build(faceset, face_type="f")
+    loader = make_loader("torch", index, 2, workers=0, uniform_yaw=True)
+    loaded: dict[str, np.ndarray] = {}
+    for _ in range(8):  # yaw-uniform draws with replacement: a few batches see both files
+        loaded |= _by_name(next(loader), index)
+    loader.close()
+    np.testing.assert_array_equal(loaded[WF], _images(index)[WF])
+
+
+def test_unknown_face_type_is_refused(faceset: Path) -> None:
+    with pytest.raises(SideIndexError, match="face type 'quarter'"):
+        _build(faceset, face_type="quarter")
 
 
 def test_recrop_to_head_is_skipped_with_a_reason(faceset: Path) -> None:
