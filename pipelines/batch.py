@@ -165,7 +165,14 @@ def make_train_batches(
             raise TorchSAEError(
                 f"data.data_dir_{side} is not set (side {side.upper()}: a folder of face JPEGs)"
             )
-        index = ensure_index(folder, resolution, data.mask_policy, progress=progress and rank == 0)
+        # the model's face type: files cropped for another one are re-cropped (spec §5, "Crop")
+        index = ensure_index(
+            folder,
+            resolution,
+            data.mask_policy,
+            progress=progress and rank == 0,
+            face_type=cfg.model.face_type,
+        )
         if len(index) == 0:
             raise TorchSAEError(f"{folder}: no usable face images (see {index.directory / 'skipped.json'})")
         indexes[side] = index
@@ -182,10 +189,10 @@ def make_train_batches(
 
 
 def _warn_face_type(index: FacesetIndex, model_face_type: str) -> None:
-    """Warn once per side when files are cropped for another face type than the model's.
+    """Say once per side that files cropped for another face type than the model's are re-cropped.
 
-    DeepFaceLab re-crops such files on the fly (spec §5, "Crop"); TorchSAE trains on the crop as
-    stored, so the faceset should be extracted (or converted) for the model's face type.
+    Why: DeepFaceLab re-crops them silently (spec §5, "Crop"), but here they leave the DCT-scaled fast
+    path (full-size decode + warp) and DALI, so a user should know why loading got slower.
     """
     import warnings
 
@@ -197,6 +204,6 @@ def _warn_face_type(index: FacesetIndex, model_face_type: str) -> None:
         count = sum(e["face_type"] in others for e in index.entries)
         warnings.warn(
             f"{index.root}: {count} of {len(index)} faces are {', '.join(others)} crops but the model is "
-            f"{wanted}; they are used as stored (no re-crop)",
+            f"{wanted}; they are re-cropped to it on the DataLoader backend",
             stacklevel=3,
         )

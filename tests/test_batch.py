@@ -11,7 +11,7 @@ from test_loaders_support import make_faceset
 
 import pipelines.dali_loader as dali_mod
 from pipelines.batch import BATCH_KEYS, SyntheticBatches, TrainBatches, make_train_batches
-from pipelines.decode import decode_bgr
+from pipelines.decode import decode_sample
 from torchsae.config import Config, DataConfig, ModelConfig, TrainConfig
 from torchsae.errors import TorchSAEError
 
@@ -70,7 +70,7 @@ def test_masks_and_images_come_from_the_sampled_files(tmp_path: Path) -> None:
             np.testing.assert_array_equal(batch[f"mask_{side}"].numpy(), expected_masks[:, 0:1])
             np.testing.assert_array_equal(batch[f"em_{side}"].numpy(), expected_masks[:, 1:2])
             for image, row in zip(batch[f"target_{side}"], rows, strict=True):
-                decoded = decode_bgr(Path(index.paths[row]).read_bytes(), RES)
+                decoded = decode_sample(Path(index.paths[row]).read_bytes(), RES, index.recrop[row])
                 np.testing.assert_array_equal((image * 255).round().byte().permute(1, 2, 0).numpy(), decoded)
     assert [c["step"] for c in aug.calls] == [0, 0, 1, 1, 2, 2]
     assert all(c["ct_reference"] is None for c in aug.calls)

@@ -156,3 +156,16 @@ def test_recrop_to_head_is_skipped_with_a_reason(faceset: Path) -> None:
     index = _build(faceset, face_type="head")
     assert len(index) == 0
     assert all("head" in s["reason"] for s in index.skipped)
+
+
+def test_index_command_builds_the_index_training_uses(faceset: Path) -> None:
+    """`torchsae index --face-type f` pre-builds the very index a `--face-type f` model loads (no rebuild)."""
+    from click.testing import CliRunner
+
+    from torchsae.cli import main
+
+    result = CliRunner().invoke(main, ["index", str(faceset), "-r", "64", "--face-type", "f", "-q"])
+    assert result.exit_code == 0, result.output
+    assert index_dir(faceset, 64, "xseg", face_type="f").is_dir()
+    report = build_index(faceset, 64, "xseg", workers=1, progress=False, face_type="f")
+    assert report.processed == 0 and report.index.needs_recrop

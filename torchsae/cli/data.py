@@ -12,7 +12,7 @@ import os
 
 import click
 
-from torchsae.config import MASK_POLICIES
+from torchsae.config import FACE_TYPES, MASK_POLICIES, ModelConfig
 
 
 @click.command("index")
@@ -31,9 +31,22 @@ from torchsae.config import MASK_POLICIES
     is_flag=True,
     help="Also re-read every file's metadata digest (catches edits that kept mtimes).",
 )
+@click.option(
+    "--face-type",
+    type=click.Choice(FACE_TYPES),
+    default=ModelConfig().face_type,
+    show_default=True,
+    help="The model's face type (as train --face-type); files of another type are re-cropped to it.",
+)
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
 def index_cmd(
-    data_dir: str, resolution: int, mask_policy: str, workers: int | None, verify: bool, quiet: bool
+    data_dir: str,
+    resolution: int,
+    mask_policy: str,
+    workers: int | None,
+    verify: bool,
+    face_type: str,
+    quiet: bool,
 ) -> None:
     """Scan DATA_DIR and (re)build its side index of masks at RESOLUTION, incrementally.
 
@@ -43,7 +56,13 @@ def index_cmd(
     from pipelines.index import build_index
 
     report = build_index(
-        data_dir, resolution, mask_policy, workers=workers, progress=not quiet, verify=verify
+        data_dir,
+        resolution,
+        mask_policy,
+        workers=workers,
+        progress=not quiet,
+        verify=verify,
+        face_type=face_type,
     )
     for skipped in report.index.skipped[:20]:
         click.echo(f"  skipped {skipped['name']}: {skipped['reason']}", err=True)

@@ -35,15 +35,19 @@ def make_preview_samples(cfg: Config, count: int, device: torch.device) -> dict[
             out[f"mask_{side}"] = torch.rand(count, 1, resolution, resolution, generator=generator)
         return {k: v.to(device) for k, v in out.items()}
 
-    from pipelines.decode import decode_bgr
+    from pipelines.decode import decode_sample
     from pipelines.index import ensure_index
 
     out = {}
     for side, folder in (("a", cfg.data.data_dir_a), ("b", cfg.data.data_dir_b)):
-        index = ensure_index(folder, resolution, cfg.data.mask_policy, progress=False)
+        index = ensure_index(
+            folder, resolution, cfg.data.mask_policy, progress=False, face_type=cfg.model.face_type
+        )
         rows = np.unique(np.linspace(0, len(index) - 1, num=count).round().astype(np.int64))
         paths = index.paths
-        images = np.stack([decode_bgr(open(paths[i], "rb").read(), resolution) for i in rows])
+        images = np.stack(
+            [decode_sample(open(paths[i], "rb").read(), resolution, index.recrop[i]) for i in rows]
+        )
         masks = index.gather_masks(rows)[:, :1]
         out[f"target_{side}"] = torch.from_numpy(images).permute(0, 3, 1, 2).float().div(255.0).to(device)
         out[f"mask_{side}"] = torch.from_numpy(masks).float().div(255.0).to(device)
