@@ -20,6 +20,7 @@ import torch
 import torchsae
 from torchsae.config import ModelConfig, preset
 from torchsae.dfl.unpickle import restricted_loads
+from torchsae.errors import TorchSAEError
 from torchsae.export import ExportError, VerificationError
 from torchsae.export import onnx as onnx_module
 from torchsae.export import verify as verify_module
@@ -259,3 +260,22 @@ def test_full_size_preset_128(tmp_path: Path, layout: str) -> None:
     result = export_onnx(model, out, cfg, layout=layout, faces=real_faces(128))
     assert not result.external_data and result.report.max_diff <= FP32_TOLERANCE
     assert_matches(out, layout, model, 128, FP32_TOLERANCE)
+
+
+def test_missing_onnx_runtime_is_a_one_line_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without ONNX Runtime (an extra, since the CPU and GPU packages conflict) export says what to install."""
+    import builtins
+
+    from torchsae.export.verify import make_session
+
+    real_import = builtins.__import__
+
+    def no_ort(name, *args, **kwargs):
+        if name == "onnxruntime":
+            raise ImportError("No module named 'onnxruntime'")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_ort)
+    with pytest.raises(TorchSAEError, match=r"pip install 'torchsae\[cpu\]'") as info:
+        make_session(b"")
+    assert "\n" not in str(info.value)

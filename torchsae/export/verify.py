@@ -55,7 +55,13 @@ def make_session(
     Spinning worker threads cut latency on an idle machine but waste whole cores when the machine
     is shared (a training run, a test suite), so only the benchmark turns it on.
     """
-    import onnxruntime as ort
+    try:
+        import onnxruntime as ort
+    except ImportError as exc:  # not in install_requires: onnxruntime and onnxruntime-gpu conflict
+        raise ExportError(
+            "exports are verified with ONNX Runtime, which is not installed: "
+            "pip install 'torchsae[cpu]' (or 'torchsae[gpu]' on GPU machines)"
+        ) from exc
 
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads or cpu_cores()
