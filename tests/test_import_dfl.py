@@ -15,9 +15,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from click.testing import CliRunner
 from helpers_dfl_layout import tf_name
+from helpers_dfl_reference import DFL_MODEL_DIR, assert_matches_reference_outputs
 
 from torchsae.cli import main
 from torchsae.dfl.unpickle import restricted_loads
@@ -25,7 +25,7 @@ from torchsae.export.source import load_model_for_export
 from torchsae.export.verify import make_session
 from torchsae.train.checkpoint import load_checkpoint
 
-FIXTURE = Path(__file__).parent / "fixtures" / "dfl_models" / "a_df-ud_r64"
+FIXTURE = DFL_MODEL_DIR
 ITERATION = 12345
 TOL = 1e-5
 # SAEHD attribute -> DeepFaceLab scope (src = B, dst = A)
@@ -52,10 +52,6 @@ def imported(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, str]
     result = CliRunner().invoke(main, ["import-dfl", str(folder), "--output", str(output)])
     assert result.exit_code == 0, result.output
     return folder, output, result.output
-
-
-def _nhwc(t: torch.Tensor) -> np.ndarray:
-    return t.permute(0, 2, 3, 1).detach().numpy()
 
 
 def test_cli_reports_the_import_and_warns_about_unsupported_options(imported) -> None:
@@ -106,21 +102,7 @@ def test_imported_model_reproduces_deepfacelab_outputs(imported) -> None:
     ref = np.load(FIXTURE / "reference_io.npz")
     model, _, step = load_model_for_export(imported[1])
     assert step == ITERATION
-    face = torch.from_numpy(ref["in_face"]).permute(0, 3, 1, 2)
-    with torch.no_grad():
-        swapped, swapped_mask, face_mask = model.swap(face)
-        out = model(face, face)
-    pairs = {
-        "out_celeb_face": swapped,
-        "out_celeb_face_mask": swapped_mask,
-        "out_face_mask": face_mask,
-        "recon_src": out["pred_bb"],
-        "recon_src_mask": out["pred_bb_mask"],
-        "recon_dst": out["pred_aa"],
-        "recon_dst_mask": out["pred_aa_mask"],
-    }
-    for name, ours in pairs.items():
-        np.testing.assert_allclose(_nhwc(ours), ref[name], atol=TOL, rtol=0, err_msg=name)
+    assert_matches_reference_outputs(model, ref, TOL)
     # src/dst really differ in this model: swapping the decoders would fail the comparison above
     assert np.abs(ref["recon_src"] - ref["recon_dst"]).max() > 0.05
 

@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import gzip
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from helpers_dfl_reference import DFL_MODEL_DIR, assert_matches_reference_outputs, nhwc
 
 from torchsae.config import ModelConfig
 from torchsae.dfl.unpickle import restricted_loads
@@ -27,7 +27,7 @@ from torchsae.models.tf_layout import (
     torch_key_to_tf,
 )
 
-MODEL_DIR = Path(__file__).parent / "fixtures" / "dfl_models" / "a_df-ud_r64"
+MODEL_DIR = DFL_MODEL_DIR
 # DeepFaceLab net file -> SAEHD submodule (decoder_src is B's decoder, decoder_dst A's)
 NETS = {"encoder": "encoder", "inter": "inter", "decoder_src": "decoder_b", "decoder_dst": "decoder_a"}
 
@@ -75,31 +75,13 @@ def _load_dfl_weights(model: SAEHD) -> None:
         module.load_state_dict(tf_to_state_dict(weights, module, str(path)))
 
 
-def _nhwc(t: torch.Tensor) -> np.ndarray:
-    return t.permute(0, 2, 3, 1).detach().numpy()
-
-
 def test_outputs_match_deepfacelab() -> None:
     """Swap, masks and reconstructions equal DeepFaceLab's own (TF) outputs within 1e-5."""
     ref = np.load(MODEL_DIR / "reference_io.npz")
     model = _model()
     _load_dfl_weights(model)
-    face = torch.from_numpy(ref["in_face"]).permute(0, 3, 1, 2)
-    with torch.no_grad():
-        swapped, swapped_mask, face_mask = model.swap(face)
-        out = model(face, face)
-    pairs = {
-        "out_celeb_face": swapped,
-        "out_celeb_face_mask": swapped_mask,
-        "out_face_mask": face_mask,
-        "recon_src": out["pred_bb"],
-        "recon_src_mask": out["pred_bb_mask"],
-        "recon_dst": out["pred_aa"],
-        "recon_dst_mask": out["pred_aa_mask"],
-    }
-    for name, ours in pairs.items():
-        np.testing.assert_allclose(_nhwc(ours), ref[name], atol=1e-5, rtol=0, err_msg=name)
-    np.testing.assert_allclose(_nhwc(out["swap_ab"]), ref["out_celeb_face"], atol=1e-5, rtol=0)
+    out = assert_matches_reference_outputs(model, ref, 1e-5)
+    np.testing.assert_allclose(nhwc(out["swap_ab"]), ref["out_celeb_face"], atol=1e-5, rtol=0)
     # the reference is not trivially reproduced: the swap differs from the dst reconstruction
     assert np.abs(ref["out_celeb_face"] - ref["recon_dst"]).max() > 0.05
 

@@ -36,9 +36,7 @@ import numpy as np
 
 from torchsae.demo.params import Scene, identity_for, sample_scene
 from torchsae.demo.render import RenderedFace, render_face
-from torchsae.dfl.jpeg import replace_app15
-from torchsae.dfl.meta import DFLMeta, encode_xseg_mask
-from torchsae.dfl.unpickle import compat_dumps
+from torchsae.dfl.meta import DFLMeta, encode_xseg_mask, meta_into_bytes
 from torchsae.errors import TorchSAEError
 from torchsae.fileio import atomic_write_bytes, atomic_write_text
 
@@ -102,7 +100,7 @@ def encode_face(face: RenderedFace, source_filename: str, path_for_errors: str) 
         image_to_face_mat=np.array([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]]),
         xseg_mask_buf=encode_xseg_mask(face.xseg_mask(XSEG_SIZE)),
     )
-    return replace_app15(jpeg.tobytes(), compat_dumps(meta.to_dict()), path_for_errors)
+    return meta_into_bytes(jpeg.tobytes(), meta, path_for_errors)
 
 
 def _faceset_item(job: tuple[Path, int, str, int]) -> None:

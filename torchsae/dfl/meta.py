@@ -221,8 +221,11 @@ def save_meta(path: str | Path, meta: DFLMeta) -> None:
     reads a JPEG without APP15 as an empty dict, so this is the same to it, and the file shrinks back).
     """
     path = Path(path)
-    source = str(path)
-    data = _read(path)
+    atomic_write_bytes(path, meta_into_bytes(_read(path), meta, str(path)))
+
+
+def meta_into_bytes(data: bytes, meta: DFLMeta, source: str) -> bytes:
+    """The JPEG ``data`` with its APP15 segment replaced by ``meta`` (removed when it has no keys)."""
     values = meta.to_dict()
     payload = None
     if values:
@@ -230,7 +233,7 @@ def save_meta(path: str | Path, meta: DFLMeta) -> None:
             payload = compat_dumps(values)
         except (TypeError, AttributeError, ValueError) as exc:
             raise DFLFormatError(f"{source}: metadata cannot be written ({exc})") from exc
-    atomic_write_bytes(path, replace_app15(data, payload, source))
+    return replace_app15(data, payload, source)
 
 
 def encode_xseg_mask(mask: np.ndarray) -> np.ndarray:
