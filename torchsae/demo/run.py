@@ -22,9 +22,10 @@ import torch
 from torchsae.config import Config, ModelConfig
 from torchsae.demo.faceset import make_demo_faceset
 from torchsae.demo.score import SwapScore, format_scores, no_swap_score, swap_score
+from torchsae.export.source import load_model_for_export
 from torchsae.fileio import atomic_write_text
 from torchsae.models import SAEHD
-from torchsae.train.checkpoint import find_last_checkpoint, load_checkpoint
+from torchsae.train.checkpoint import find_last_checkpoint
 from torchsae.train.trainer import train
 
 # Small dims for a CPU: the DF/LIAE structure is unchanged, only widths shrink (ae 256 -> 32, e/d 64 -> 16).
@@ -66,21 +67,12 @@ def untrained_model(cfg: Config) -> SAEHD:
     return SAEHD(cfg.model)
 
 
-def trained_model(checkpoint: Path) -> tuple[SAEHD, int]:
-    state = load_checkpoint(checkpoint)
-    model = SAEHD(Config.from_dict(state["config"]).model)
-    model.load_state_dict(state["model"])
-    return model, int(state["step"])
-
-
-def export_if_available(checkpoint: Path, output: Path) -> str:
+def export_if_available(model: SAEHD, config: Config, step: int, output: Path) -> str:
     """Export the trained swap to ONNX with the export helper when this install has it."""
     try:
         from torchsae.export.onnx import export_onnx
-        from torchsae.export.source import load_model_for_export
     except ImportError as exc:
         return f"skipped ONNX export: torchsae.export is not available ({exc})"
-    model, config, step = load_model_for_export(checkpoint, None)
     result = export_onnx(model, output, config.model, step=step)
     return f"exported {result.path} ({result.size_bytes / 2**20:.1f} MiB), verified with ONNX Runtime"
 
@@ -109,10 +101,10 @@ def run_demo(out: Path, count: int = 256, steps: int = 300, seed: int = 0, resol
         print(f"stopped at step {result.step} and saved; run the same command again to continue")
         raise SystemExit(0)
     checkpoint = find_last_checkpoint(out)
-    model, step = trained_model(checkpoint)
+    model, model_cfg, step = load_model_for_export(checkpoint)
 
     print("[3/4] export")
-    onnx_note = export_if_available(checkpoint, out / "models" / "swap.onnx")
+    onnx_note = export_if_available(model, model_cfg, step, out / "models" / "swap.onnx")
     print(f"      {onnx_note}")
 
     print("[4/4] swap score against the held-out truth pairs")
