@@ -20,6 +20,13 @@ from torchsae.train.checkpoint import save_checkpoint
 FACES = Path(__file__).parent / "fixtures" / "dfl"
 
 
+def run_export(checkpoint: Path, output: Path, *options: str):
+    """``torchsae export --checkpoint CHECKPOINT --output OUTPUT [OPTIONS]`` through click."""
+    return CliRunner().invoke(
+        main, ["export", "--checkpoint", str(checkpoint), "--output", str(output), *options]
+    )
+
+
 @pytest.fixture()
 def checkpoint(tmp_path: Path) -> tuple[Path, SAEHD]:
     torch.manual_seed(0)
@@ -40,18 +47,7 @@ def checkpoint(tmp_path: Path) -> tuple[Path, SAEHD]:
 def test_export_dfm_from_checkpoint(checkpoint: tuple[Path, SAEHD], tmp_path: Path) -> None:
     path, model = checkpoint
     out = tmp_path / "models" / "sae_32.dfm"
-    args = [
-        "export",
-        "--checkpoint",
-        str(path),
-        "--output",
-        str(out),
-        "--model-size",
-        "32",
-        "--layout",
-        "dfm",
-    ]
-    result = CliRunner().invoke(main, args)
+    result = run_export(path, out, "--model-size", "32", "--layout", "dfm")
     assert result.exit_code == 0, result.output
     assert "faces_b3" in result.output  # verified on the checkpoint's A faces, not only random inputs
     session = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
@@ -67,18 +63,7 @@ def test_export_dfm_from_checkpoint(checkpoint: tuple[Path, SAEHD], tmp_path: Pa
 def test_export_torchsae_fp16_with_faces_dir(checkpoint: tuple[Path, SAEHD], tmp_path: Path) -> None:
     path, _ = checkpoint
     out = tmp_path / "sae.onnx"
-    args = [
-        "export",
-        "--checkpoint",
-        str(path),
-        "--output",
-        str(out),
-        "--dtype",
-        "fp16",
-        "--verify-faces",
-        str(FACES),
-    ]
-    result = CliRunner().invoke(main, args)
+    result = run_export(path, out, "--dtype", "fp16", "--verify-faces", str(FACES))
     assert result.exit_code == 0, result.output
     assert "faces_b7" in result.output and "tolerance 1e-02" in result.output
     assert ort.InferenceSession(str(out)).get_modelmeta().custom_metadata_map["dtype"] == "fp16"
@@ -87,9 +72,7 @@ def test_export_torchsae_fp16_with_faces_dir(checkpoint: tuple[Path, SAEHD], tmp
 def test_model_size_mismatch_is_one_line_error(checkpoint: tuple[Path, SAEHD], tmp_path: Path) -> None:
     path, _ = checkpoint
     out = tmp_path / "sae_256.onnx"
-    result = CliRunner().invoke(
-        main, ["export", "--checkpoint", str(path), "--output", str(out), "--model-size", "256"]
-    )
+    result = run_export(path, out, "--model-size", "256")
     assert result.exit_code == 1
     lines = result.output.strip().splitlines()
     assert len(lines) == 1 and "--model-size 256" in lines[0] and "resolution 32" in lines[0]
@@ -97,9 +80,7 @@ def test_model_size_mismatch_is_one_line_error(checkpoint: tuple[Path, SAEHD], t
 
 
 def test_missing_checkpoint_is_one_line_error(tmp_path: Path) -> None:
-    result = CliRunner().invoke(
-        main, ["export", "--checkpoint", str(tmp_path / "no.pth"), "--output", str(tmp_path / "x.onnx")]
-    )
+    result = run_export(tmp_path / "no.pth", tmp_path / "x.onnx")
     assert (
         result.exit_code == 1 and "no.pth" in result.output and len(result.output.strip().splitlines()) == 1
     )
@@ -111,10 +92,7 @@ def test_missing_checkpoint_is_one_line_error(tmp_path: Path) -> None:
 def test_build_engine_without_tensorrt_exits_2(checkpoint: tuple[Path, SAEHD], tmp_path: Path) -> None:
     path, _ = checkpoint
     onnx_path = tmp_path / "sae.onnx"
-    assert (
-        CliRunner().invoke(main, ["export", "--checkpoint", str(path), "--output", str(onnx_path)]).exit_code
-        == 0
-    )
+    assert run_export(path, onnx_path).exit_code == 0
     engine = tmp_path / "sae.engine"
     result = CliRunner().invoke(main, ["build-engine", "--onnx", str(onnx_path), "--output", str(engine)])
     assert result.exit_code == 2

@@ -218,6 +218,7 @@ class AdaBelief(_DFLOptimizer):
         diff = torch._foreach_sub(grads, m)  # uses the new m, as DFL does
         torch._foreach_mul_(v, beta2)
         torch._foreach_addcmul_(v, diff, diff, value=1.0 - beta2)
+        del diff  # its memory goes back to the allocator before denom and the update are allocated
         denom = torch._foreach_sqrt(v)
         torch._foreach_add_(denom, group["eps"])
         self._apply(params, m, denom, group["lr"], masks)
@@ -263,15 +264,16 @@ def clip_grad_norm(params: Iterable[torch.Tensor], max_norm: float = MAX_GRAD_NO
     if not grads:
         return torch.zeros(())
     device = grads[0].device
+    buckets = [bucket for (bucket,) in _DFLOptimizer._by_device(grads)]
     norms: list[torch.Tensor] = []
-    for (bucket,) in _DFLOptimizer._by_device(grads):
+    for bucket in buckets:
         if bucket[0].dtype == torch.float32:
             norms.extend(n.to(device) for n in torch._foreach_norm(bucket))  # one multi-tensor kernel
         else:
             norms.extend(torch.linalg.vector_norm(g, dtype=torch.float32).to(device) for g in bucket)
     total = torch.linalg.vector_norm(torch.stack(norms))
     scale = max_norm / torch.clamp(total, min=max_norm)
-    for (bucket,) in _DFLOptimizer._by_device(grads):
+    for bucket in buckets:
         torch._foreach_mul_(bucket, scale.to(bucket[0].device, bucket[0].dtype))
     return total
 

@@ -15,6 +15,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from torchsae.fileio import fsync_dir
+
 PROTOBUF_LIMIT = 2**31 - 2**24  # 2 GiB less 16 MiB of headroom for the graph itself
 
 
@@ -59,14 +61,5 @@ def publish_external(staged: Path, output: Path) -> int:
             os.fsync(handle.fileno())
     os.replace(staged_data, output.parent / data_name(output))
     os.replace(staged, output)
-    try:
-        fd = os.open(output.parent, os.O_RDONLY)
-    except OSError:
-        return output.stat().st_size + (output.parent / data_name(output)).stat().st_size
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
+    fsync_dir(output.parent)
     return output.stat().st_size + (output.parent / data_name(output)).stat().st_size
