@@ -29,15 +29,38 @@ COMMANDS: dict[str, str] = {
 }
 
 
+# the model-dims options that train, bench train and info model share (None means "not given")
+MODEL_DIMS_OPTIONS = [
+    click.option("--ae-dims", type=int),
+    click.option("--e-dims", type=int),
+    click.option("--d-dims", type=int),
+    click.option("--d-mask-dims", type=int),
+]
+
+
+def model_dims_options(func):
+    """Apply ``MODEL_DIMS_OPTIONS`` to a click command."""
+    for option in reversed(MODEL_DIMS_OPTIONS):
+        func = option(func)
+    return func
+
+
 class LazyGroup(click.Group):
-    """A click group that imports a subcommand's module only when that subcommand runs."""
+    """A click group that imports a subcommand's module only when that subcommand runs.
+
+    ``lazy_commands`` maps a subcommand name to ``"module:attribute"`` (default: ``COMMANDS``).
+    """
+
+    def __init__(self, *args, lazy_commands: dict[str, str] | None = None, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.lazy_commands = COMMANDS if lazy_commands is None else lazy_commands
 
     def list_commands(self, ctx: click.Context) -> list[str]:
-        return sorted(set(super().list_commands(ctx)) | set(COMMANDS))
+        return sorted(set(super().list_commands(ctx)) | set(self.lazy_commands))
 
     def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
-        if cmd_name in COMMANDS:
-            module_name, attr = COMMANDS[cmd_name].split(":")
+        if cmd_name in self.lazy_commands:
+            module_name, attr = self.lazy_commands[cmd_name].split(":")
             return getattr(importlib.import_module(module_name), attr)
         return super().get_command(ctx, cmd_name)
 

@@ -6,9 +6,9 @@ model); other modules register theirs by adding a line to ``SUBCOMMANDS``.
 
 from __future__ import annotations
 
-import importlib
-
 import click
+
+from torchsae.cli import LazyGroup
 
 # subcommand name -> "module:attribute"
 SUBCOMMANDS: dict[str, str] = {
@@ -17,17 +17,6 @@ SUBCOMMANDS: dict[str, str] = {
 }
 
 
-class _LazyBench(click.Group):
-    def list_commands(self, ctx: click.Context) -> list[str]:
-        return sorted(set(super().list_commands(ctx)) | set(SUBCOMMANDS))
-
-    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
-        if cmd_name in SUBCOMMANDS:
-            module_name, attr = SUBCOMMANDS[cmd_name].split(":")
-            return getattr(importlib.import_module(module_name), attr)
-        return super().get_command(ctx, cmd_name)
-
-
-@click.group("bench", cls=_LazyBench)
+@click.group("bench", cls=LazyGroup, lazy_commands=SUBCOMMANDS)
 def bench() -> None:
     """Throughput measurements (data pipeline, training step)."""

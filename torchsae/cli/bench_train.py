@@ -6,6 +6,7 @@ import json
 
 import click
 
+from torchsae.cli import model_dims_options
 from torchsae.config import AMP_MODES, BACKENDS
 
 
@@ -13,10 +14,7 @@ from torchsae.config import AMP_MODES, BACKENDS
 @click.option("--model-size", type=click.Choice(["128", "256", "384"]), help="Preset resolution and dims.")
 @click.option("--archi", help="df or liae with options u, d, t, c (default: the preset's, else liae-ud).")
 @click.option("--resolution", type=int, help="Face resolution without a preset (default 128).")
-@click.option("--ae-dims", type=int)
-@click.option("--e-dims", type=int)
-@click.option("--d-dims", type=int)
-@click.option("--d-mask-dims", type=int)
+@model_dims_options
 @click.option("--batch-size", type=int, default=8, show_default=True, help="Per side (A and B each).")
 @click.option("--steps", type=int, default=20, show_default=True, help="Timed steps.")
 @click.option("--warmup", type=int, default=3, show_default=True, help="Untimed steps first (compilation).")

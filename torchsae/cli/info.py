@@ -12,6 +12,7 @@ import json
 
 import click
 
+from torchsae.cli import model_dims_options
 from torchsae.config import ModelConfig, preset
 
 _MIB = 1024 * 1024
@@ -99,10 +100,7 @@ def info() -> None:
 )
 @click.option("--archi", default=None, help="df or liae plus options u, d, t, c, e.g. liae-ud.")
 @click.option("--resolution", type=int, default=None, help="Face resolution (default: the preset's, or 128).")
-@click.option("--ae-dims", type=int, default=None)
-@click.option("--e-dims", type=int, default=None)
-@click.option("--d-dims", type=int, default=None)
-@click.option("--d-mask-dims", type=int, default=None)
+@model_dims_options
 @click.option("--gan-patch-size", type=int, default=None, help="Default: resolution // 8.")
 @click.option("--gan-dims", type=int, default=None)
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import click
 
+from torchsae.cli import MODEL_DIMS_OPTIONS
 from torchsae.config import AMP_MODES, BACKENDS, CT_MODES, FACE_TYPES, MASK_POLICIES, OPTIMIZERS
 from torchsae.errors import TorchSAEError
 
@@ -100,10 +101,7 @@ TRAIN_OPTIONS = [
     click.option("--archi", help="df or liae with options u, d, t, c, e.g. liae-ud."),
     click.option("--resolution", type=int, help="Face resolution (with explicit dims)."),
     click.option("--face-type", type=click.Choice(FACE_TYPES)),
-    click.option("--ae-dims", type=int),
-    click.option("--e-dims", type=int),
-    click.option("--d-dims", type=int),
-    click.option("--d-mask-dims", type=int),
+    *MODEL_DIMS_OPTIONS,
     click.option(
         "--batch-size", type=int, help="Per rank and per side; the global batch is this x world size."
     ),
