@@ -59,27 +59,18 @@ def bench_train_cmd(
     By default every step reuses one synthetic batch held in device memory, so the data path is
     excluded; --end-to-end --data-dir DIR feeds the steps from the real pipeline instead.
     """
-    from torchsae.config import ModelConfig, preset
+    from torchsae.cli.info import build_model_config
+    from torchsae.config import preset
     from torchsae.train.bench import bench_train, format_result
 
     if end_to_end != (data_dir is not None):
         raise click.UsageError("--end-to-end and --data-dir go together")
     if steps < 1 or batch_size < 1 or warmup < 0:
         raise click.UsageError("--steps and --batch-size must be >= 1, --warmup >= 0")
-    model = preset(int(model_size)) if model_size else ModelConfig()
-    if model_size and resolution and resolution != model.resolution:
+    if model_size and resolution and resolution != preset(int(model_size)).resolution:
         raise click.UsageError(f"--resolution {resolution} contradicts --model-size {model_size}")
-    for name, value in (
-        ("archi", archi),
-        ("resolution", resolution),
-        ("ae_dims", ae_dims),
-        ("e_dims", e_dims),
-        ("d_dims", d_dims),
-        ("d_mask_dims", d_mask_dims),
-    ):
-        if value is not None:
-            setattr(model, name, value)
-    model.validate()
+    dims = {"ae_dims": ae_dims, "e_dims": e_dims, "d_dims": d_dims, "d_mask_dims": d_mask_dims}
+    model = build_model_config(int(model_size) if model_size else None, archi, resolution, dims)
     result = bench_train(
         model,
         batch_size,
