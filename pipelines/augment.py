@@ -22,6 +22,8 @@ Per DeepFaceLab, HSV shift and colour transfer act on side B (src) only; flips d
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import torch
 import torch.nn.functional as F
 
@@ -87,7 +89,10 @@ def apply_geometry(
         masks = _resize(masks, work, "bilinear")
     if shared_source:
         warped_source = images
-    warped_grid, target_grid = sampling_grids(params.to(images.device), warp=warp, dtype=images.dtype)
+    # only the warp grid's inputs go to the device: the affine part is small CPU maths
+    # (``output_to_input`` reads it on the CPU), so moving all of ``params`` would copy it back
+    on_device = replace(params, cell=params.cell.to(images.device), disp=params.disp.to(images.device))
+    warped_grid, target_grid = sampling_grids(on_device, warp=warp, dtype=images.dtype)
 
     def sample(x: torch.Tensor, grid: torch.Tensor, mode: str, padding: str) -> torch.Tensor:
         return F.grid_sample(x, grid, mode=mode, padding_mode=padding, align_corners=False)

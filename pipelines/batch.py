@@ -70,7 +70,7 @@ class TrainBatches:
         for side, aug in (("a", aug_a), ("b", aug_b)):
             for key in ("warped", "target", "mask", "em"):
                 out[f"{key}_{side}"] = aug[key]
-        out["index_a"], out["index_b"] = index_a.to(self.device), index_b.to(self.device)
+        out["index_a"], out["index_b"] = _to_device(index_a, self.device), _to_device(index_b, self.device)
         self.step = step + 1
         return out
 

@@ -62,9 +62,11 @@ class ShardedStream:
         while True:
             pending.extend(self.epoch_indices(epoch)[position:].tolist())
             epoch, position = epoch + 1, 0
-            while len(pending) >= batch_size:
-                yield pending[:batch_size]
-                pending = pending[batch_size:]
+            start = 0  # slice by offset: dropping each batch from the list would copy the epoch's rest
+            while len(pending) - start >= batch_size:
+                yield pending[start : start + batch_size]
+                start += batch_size
+            del pending[:start]
 
     def advance(self, epoch: int, position: int, samples: int) -> tuple[int, int]:
         """The (epoch, position) reached after ``samples`` more samples."""
