@@ -144,3 +144,12 @@ def test_rng_state_survives_a_weights_only_round_trip(tmp_path: Path) -> None:
     got = (random.random(), random.gauss(0, 1), np.random.rand(3).tolist(), np.random.randn(), torch.rand(4))
     assert got[:4] == expected[:4]
     assert torch.equal(got[4], expected[4])
+
+
+def test_mmap_load_gives_the_same_state(tmp_path: Path) -> None:
+    """Resolving a run's config maps the checkpoint instead of reading it (train() reads it once)."""
+    path = tmp_path / "c.pth"
+    ck.save_checkpoint(path, _state(3, 1.5))
+    mapped = ck.load_checkpoint(path, mmap=True)
+    assert mapped["config"] == ck.load_checkpoint(path)["config"]
+    assert torch.equal(mapped["model"]["layer.weight"], torch.full((2, 3), 1.5))

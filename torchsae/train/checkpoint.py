@@ -81,13 +81,17 @@ def save_checkpoint(path: str | Path, state: dict[str, Any]) -> None:
         torch.save(state, handle)
 
 
-def load_checkpoint(path: str | Path) -> dict[str, Any]:
-    """Load a TorchSAE checkpoint onto the CPU with ``weights_only=True``; errors name the file."""
+def load_checkpoint(path: str | Path, *, mmap: bool = False) -> dict[str, Any]:
+    """Load a TorchSAE checkpoint onto the CPU with ``weights_only=True``; errors name the file.
+
+    ``mmap=True`` maps the tensors instead of reading them: for callers that need only the config or
+    the step (resolving a run's config before training loads the weights for real).
+    """
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: checkpoint not found")
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        state = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, OSError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise CheckpointError(f"{path}: not a loadable TorchSAE checkpoint ({first})") from exc

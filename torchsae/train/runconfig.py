@@ -86,7 +86,7 @@ def resolve_run_config(
         config = base.updated(explicit)
         return config.validate(), None
 
-    stored = load_checkpoint(resume)["config"]
+    stored = load_checkpoint(resume, mmap=True)["config"]  # the weights are read by train()
     try:
         base = Config.from_dict(stored)
     except ConfigError as exc:
