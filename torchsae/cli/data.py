@@ -76,10 +76,10 @@ def index_cmd(
 @click.option("--resolution", "-r", type=int, default=128, show_default=True)
 @click.option(
     "--backend",
-    type=click.Choice(("torch", "dali", "dfl-baseline")),
+    type=click.Choice(("torch", "dali")),
     default="torch",
     show_default=True,
-    help="dfl-baseline: the DeepFaceLab-style per-sample CPU path, for comparison.",
+    help="The DeepFaceLab-style baseline runs in benchmarks/data_throughput.py, beside both backends.",
 )
 @click.option(
     "--workers",
