@@ -10,6 +10,7 @@ import onnxruntime as ort
 import pytest
 import torch
 from click.testing import CliRunner
+from helpers_deepfacelive import DeepFaceLiveDfm
 
 from torchsae.cli import main
 from torchsae.config import Config, DataConfig, ModelConfig
@@ -47,17 +48,63 @@ def checkpoint(tmp_path: Path) -> tuple[Path, SAEHD]:
 def test_export_dfm_from_checkpoint(checkpoint: tuple[Path, SAEHD], tmp_path: Path) -> None:
     path, model = checkpoint
     out = tmp_path / "models" / "sae_32.dfm"
-    result = run_export(path, out, "--model-size", "32", "--layout", "dfm")
+    result = run_export(path, out, "--model-size", "32")  # the .dfm suffix selects the dfm layout
     assert result.exit_code == 0, result.output
+    assert "layout dfm" in result.output and "opset 12" in result.output
     assert "faces_b3" in result.output  # verified on the checkpoint's A faces, not only random inputs
     session = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
     assert session.get_modelmeta().custom_metadata_map["training_step"] == "42"
-    face = np.random.default_rng(0).random((2, 32, 32, 3), dtype=np.float32)
-    face_mask, swapped, swapped_mask = session.run(None, {"in_face": face})
+    double = DeepFaceLiveDfm(out)
+    face = np.random.default_rng(0).random((3, 32, 32, 3), dtype=np.float32)
     with torch.no_grad():
         want = model.swap(torch.from_numpy(face.transpose(0, 3, 1, 2).copy()))
-    for got, ref in zip((swapped, swapped_mask, face_mask), want, strict=True):
-        assert np.abs(got - ref.numpy().transpose(0, 2, 3, 1)).max() <= 1e-4
+    for batch in (slice(0, 1), slice(0, 3)):
+        face_mask, swapped, swapped_mask = double.convert(face[batch])
+        for got, ref in zip((swapped, swapped_mask, face_mask), want, strict=True):
+            assert np.abs(got - ref[batch].numpy().transpose(0, 2, 3, 1)).max() <= 1e-4
+
+
+@pytest.mark.parametrize(
+    ("name", "options", "message"),
+    [
+        ("last.pth", (), "must end in .onnx or .dfm"),
+        ("sae", (), "must end in .onnx or .dfm"),
+        ("sae.dfm", ("--layout", "torchsae"), "drop --layout torchsae"),
+        ("sae.dfm", ("--opset", "17"), "reads opsets up to 16"),
+        ("sae.onnx", ("--layout", "dfm", "--opset", "18"), "reads opsets up to 16"),
+        ("config.onnx", (), "not an ONNX model"),
+    ],
+)
+def test_bad_outputs_are_one_line_errors(
+    checkpoint: tuple[Path, SAEHD], tmp_path: Path, name: str, options: tuple[str, ...], message: str
+) -> None:
+    path, _ = checkpoint
+    (tmp_path / "config.onnx").write_text("model:\n  archi: df\n")
+    before = {p: p.read_bytes() for p in (path, tmp_path / "config.onnx")}
+    result = run_export(path, tmp_path / name, *options)
+    assert result.exit_code == 1, result.output
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and message in lines[0], result.output
+    assert {p: p.read_bytes() for p in before} == before  # nothing overwritten
+    assert not (tmp_path / name).exists() or name == "config.onnx"
+
+
+def test_checkpoint_itself_is_never_the_output(checkpoint: tuple[Path, SAEHD], tmp_path: Path) -> None:
+    path, _ = checkpoint
+    renamed = path.with_suffix(".onnx")  # a checkpoint that happens to end in .onnx
+    path.rename(renamed)
+    before = renamed.read_bytes()
+    result = run_export(renamed, renamed)
+    assert result.exit_code == 1 and "checkpoint being exported" in result.output
+    assert len(result.output.strip().splitlines()) == 1
+    assert renamed.read_bytes() == before
+
+
+def test_an_earlier_export_is_replaced(checkpoint: tuple[Path, SAEHD], tmp_path: Path) -> None:
+    path, _ = checkpoint
+    out = tmp_path / "sae.onnx"
+    assert run_export(path, out).exit_code == 0
+    assert run_export(path, out).exit_code == 0  # an existing ONNX file may be overwritten
 
 
 def test_export_torchsae_fp16_with_faces_dir(checkpoint: tuple[Path, SAEHD], tmp_path: Path) -> None:

@@ -16,6 +16,7 @@ import onnx
 import onnxruntime as ort
 import pytest
 import torch
+from helpers_deepfacelive import DeepFaceLiveDfm
 
 import torchsae
 from torchsae.config import ModelConfig, preset
@@ -62,20 +63,30 @@ def torch_swap_nhwc(model: SAEHD, faces_nhwc: np.ndarray) -> tuple[np.ndarray, n
     return tuple(o.numpy().transpose(0, 2, 3, 1) for o in outs)  # type: ignore[return-value]
 
 
-def run_ort(session: ort.InferenceSession, layout: str, faces_nhwc: np.ndarray) -> list[np.ndarray]:
-    """Run a plain ORT session; return outputs as NHWC in torchsae order (swap, swap mask, mask)."""
+def run_ort(session, layout: str, faces_nhwc: np.ndarray) -> list[np.ndarray]:
+    """Run the model; return outputs as NHWC in torchsae order (swap, swap mask, mask).
+
+    ``dfm`` models run through DeepFaceLive's loader double (literal input names, outputs by position).
+    """
     if layout == "dfm":
-        face_mask, swapped, swapped_mask = session.run(None, {"in_face": faces_nhwc})
+        face_mask, swapped, swapped_mask = session.convert(faces_nhwc)
         return [swapped, swapped_mask, face_mask]
     outs = session.run(None, {"face": np.ascontiguousarray(faces_nhwc.transpose(0, 3, 1, 2))})
     return [o.transpose(0, 2, 3, 1) for o in outs]
+
+
+def open_model(path: Path, layout: str):
+    """DeepFaceLive's loader double for a ``.dfm``, a plain ONNX Runtime session otherwise."""
+    if layout == "dfm":
+        return DeepFaceLiveDfm(path)
+    return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
 
 
 def assert_matches(path: Path, layout: str, model: SAEHD, resolution: int, bound: float) -> None:
     rng = np.random.default_rng(1)
     inputs = [rng.random((b, resolution, resolution, 3), dtype=np.float32) for b in (1, 3)]
     inputs.append(real_faces(resolution))
-    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    session = open_model(path, layout)
     for faces in inputs:
         got = run_ort(session, layout, faces)
         want = torch_swap_nhwc(model, faces)
@@ -92,10 +103,11 @@ ARCHIS = ["df", "df-ud", "liae-ud", "df-udt", "liae-udt"]
 def test_export_matches_pytorch(tmp_path: Path, archi: str, layout: str) -> None:
     model, cfg = tiny(archi)
     out = tmp_path / f"m.{'dfm' if layout == 'dfm' else 'onnx'}"
-    result = export_onnx(model, out, cfg, layout=layout, opset=17, faces=real_faces(32))
+    result = export_onnx(model, out, cfg, layout=layout, faces=real_faces(32))
     onnx.checker.check_model(onnx.load(str(out)), full_check=True)
     proto = onnx.load(str(out))
-    assert [o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")] == [17]
+    want_opset = 12 if layout == "dfm" else 17  # dfm: DeepFaceLab's own opset, which DeepFaceLive reads
+    assert [o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")] == [want_opset]
     batch_dims = [i.type.tensor_type.shape.dim[0] for i in (*proto.graph.input, *proto.graph.output)]
     assert all(d.dim_param and not d.dim_value for d in batch_dims)  # dynamic batch everywhere
     assert result.report.max_diff <= FP32_TOLERANCE
@@ -107,12 +119,15 @@ def test_dfm_layout_names_and_shapes(tmp_path: Path) -> None:
     export_onnx(model, tmp_path / "m.dfm", cfg, layout="dfm")
     session = ort.InferenceSession(str(tmp_path / "m.dfm"), providers=["CPUExecutionProvider"])
     (inp,) = session.get_inputs()
-    assert inp.name == "in_face" and inp.shape[1:] == [32, 32, 3] and inp.type == "tensor(float)"
+    # DeepFaceLab's tf2onnx names, ':0' included: DeepFaceLive feeds 'in_face:0' literally
+    assert inp.name == "in_face:0" and inp.shape[1:] == [32, 32, 3] and inp.type == "tensor(float)"
     assert [(o.name, o.shape[1:]) for o in session.get_outputs()] == [
-        ("out_face_mask", [32, 32, 1]),
-        ("out_celeb_face", [32, 32, 3]),
-        ("out_celeb_face_mask", [32, 32, 1]),
+        ("out_face_mask:0", [32, 32, 1]),
+        ("out_celeb_face:0", [32, 32, 3]),
+        ("out_celeb_face_mask:0", [32, 32, 1]),
     ]
+    double = DeepFaceLiveDfm(tmp_path / "m.dfm")
+    assert (double.height, double.width, double.has_morph_value) == (32, 32, False)
 
 
 def test_metadata(tmp_path: Path) -> None:
@@ -138,11 +153,43 @@ def test_metadata(tmp_path: Path) -> None:
 
 def test_opset18_uses_new_exporter_and_matches(tmp_path: Path) -> None:
     model, cfg = tiny("liae-ud")
-    result = export_onnx(model, tmp_path / "m.dfm", cfg, layout="dfm", opset=18)
-    proto = onnx.load(str(tmp_path / "m.dfm"))
+    result = export_onnx(model, tmp_path / "m.onnx", cfg, layout="torchsae", opset=18)
+    proto = onnx.load(str(tmp_path / "m.onnx"))
     assert [o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")] == [18]
     assert result.exporter in ("dynamo", "torchscript")
+    assert_matches(tmp_path / "m.onnx", "torchsae", model, 32, FP32_TOLERANCE)
+
+
+def test_dfm_opset_16_is_read_and_17_refused(tmp_path: Path) -> None:
+    """DeepFaceLive's ONNX Runtime 1.11 reads opsets up to 16: the highest allowed still works."""
+    model, cfg = tiny("df-ud")
+    export_onnx(model, tmp_path / "m.dfm", cfg, layout="dfm", opset=16)
+    proto = onnx.load(str(tmp_path / "m.dfm"))
+    assert [o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")] == [16]
     assert_matches(tmp_path / "m.dfm", "dfm", model, 32, FP32_TOLERANCE)
+    with pytest.raises(ExportError, match=r"opset 17: .*ONNX Runtime 1\.11 reads opsets up to 16") as info:
+        export_onnx(model, tmp_path / "n.dfm", cfg, layout="dfm", opset=17)
+    assert "\n" not in str(info.value)
+    assert not (tmp_path / "n.dfm").exists()
+
+
+def test_op_newer_than_the_opset_is_refused() -> None:
+    """An op that does not exist at the declared opset (here Gelu, new in 20, stamped opset 12)."""
+    from onnx import TensorProto, helper
+
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])
+    graph = helper.make_graph([helper.make_node("Gelu", ["x"], ["y"], name="g")], "t", [x], [x])
+    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 12)])
+    with pytest.raises(VerificationError, match="'Gelu', which does not exist at opset 12"):
+        onnx_module.check_ops_exist(proto, "m.dfm")
+    proto.opset_import[0].version = 20
+    onnx_module.check_ops_exist(proto, "m.dfm")  # fine at 20
+    func = helper.make_function(
+        "local", "f", ["a"], ["b"], [helper.make_node("Gelu", ["a"], ["b"])], [helper.make_opsetid("", 12)]
+    )
+    proto.functions.append(func)
+    with pytest.raises(VerificationError, match="function 'f'"):
+        onnx_module.check_ops_exist(proto, "m.dfm")
 
 
 @pytest.mark.slow
@@ -187,10 +234,13 @@ def test_our_dfm_reproduces_deepfacelab(tmp_path: Path, dtype: str, bound: float
         net.load_state_dict(tf_to_state_dict(weights, net, source))
     reference = np.load(DFL_MODEL / "reference_io.npz")
     export_onnx(model, tmp_path / "ours.dfm", cfg, layout="dfm", dtype=dtype, faces=reference["in_face"])
-    session = ort.InferenceSession(str(tmp_path / "ours.dfm"), providers=["CPUExecutionProvider"])
-    outputs = session.run(None, {session.get_inputs()[0].name: reference["in_face"]})
-    for got, name in zip(outputs, ("out_face_mask", "out_celeb_face", "out_celeb_face_mask"), strict=True):
-        assert np.abs(got - reference[name]).max() <= bound
+    double = DeepFaceLiveDfm(tmp_path / "ours.dfm")
+    for batch in (slice(0, 1), slice(0, 3)):  # batch 1 and 3
+        outputs = double.convert(reference["in_face"][batch])
+        for got, name in zip(
+            outputs, ("out_face_mask", "out_celeb_face", "out_celeb_face_mask"), strict=True
+        ):
+            assert np.abs(got - reference[name][batch]).max() <= bound
 
 
 def test_export_leaves_caller_model_alone(tmp_path: Path) -> None:

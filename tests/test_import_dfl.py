@@ -16,13 +16,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 from click.testing import CliRunner
+from helpers_deepfacelive import DeepFaceLiveDfm
 from helpers_dfl_layout import tf_name
 from helpers_dfl_reference import DFL_MODEL_DIR, assert_matches_reference_outputs
 
 from torchsae.cli import main
 from torchsae.dfl.unpickle import restricted_loads
 from torchsae.export.source import load_model_for_export
-from torchsae.export.verify import make_session
 from torchsae.train.checkpoint import load_checkpoint
 
 FIXTURE = DFL_MODEL_DIR
@@ -155,15 +155,19 @@ def test_dfm_export_matches_deepfacelab_and_its_own_dfm(imported, tmp_path: Path
     theirs = tmp_path / "theirs.dfm"
     theirs.write_bytes(gzip.decompress((FIXTURE / "new_SAEHD_model.dfm.gz").read_bytes()))
     ref = np.load(FIXTURE / "reference_io.npz")
-    session, dfl_session = make_session(str(ours), threads=1), make_session(str(theirs), threads=1)
+    # both through DeepFaceLive's loader double: literal names 'in_face:0', outputs by position
+    session, dfl_session = DeepFaceLiveDfm(ours), DeepFaceLiveDfm(theirs)
     face = ref["in_face"].astype(np.float32)
-    outputs = session.run(None, {session.get_inputs()[0].name: face})
-    for name, array in zip(("out_face_mask", "out_celeb_face", "out_celeb_face_mask"), outputs, strict=True):
-        np.testing.assert_allclose(array, ref[name], atol=TOL, rtol=0, err_msg=name)
+    for batch in (slice(0, 1), slice(0, 3)):
+        outputs = session.convert(face[batch])
+        for name, array in zip(
+            ("out_face_mask", "out_celeb_face", "out_celeb_face_mask"), outputs, strict=True
+        ):
+            np.testing.assert_allclose(array, ref[name][batch], atol=TOL, rtol=0, err_msg=name)
     random_faces = np.random.default_rng(0).random((2, 64, 64, 3), dtype=np.float32)
     for faces in (face, random_faces):
-        a = session.run(None, {session.get_inputs()[0].name: faces})
-        b = dfl_session.run(None, {dfl_session.get_inputs()[0].name: faces})
+        a = session.convert(faces)
+        b = dfl_session.convert(faces)
         for position, (x, y) in enumerate(zip(a, b, strict=True)):
             assert x.shape == y.shape
             np.testing.assert_allclose(x, y, atol=TOL, rtol=0, err_msg=f"output {position}")

@@ -13,13 +13,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from helpers_deepfacelive import DeepFaceLiveDfm
 from helpers_dfl_layout import dfl_options, write_dfl_model
 
 from torchsae.config import Config, ModelConfig
 from torchsae.dfl.model_import import import_dfl_model
 from torchsae.export.onnx import export_onnx
 from torchsae.export.source import load_model_for_export
-from torchsae.export.verify import make_session
 from torchsae.models import SAEHD, CodeDiscriminator, UNetPatchDiscriminator
 from torchsae.optim import build_optimizer
 from torchsae.train.checkpoint import load_checkpoint
@@ -174,9 +174,8 @@ def test_dfm_export_of_the_import_matches_the_original(round_trip) -> None:
     loaded, imported_cfg, step = load_model_for_export(root / "imported.pth")
     path = root / "imported.dfm"
     export_onnx(loaded, path, imported_cfg.model, layout="dfm", step=step)
-    session = make_session(str(path), threads=1)
     faces = np.random.default_rng(2).random((3, RES, RES, 3), dtype=np.float32)
-    face_mask, swapped, swapped_mask = session.run(None, {session.get_inputs()[0].name: faces})
+    face_mask, swapped, swapped_mask = DeepFaceLiveDfm(path).convert(faces)
     with torch.no_grad():
         ref = model.swap(torch.from_numpy(faces).permute(0, 3, 1, 2))
     for name, ours, theirs in zip(

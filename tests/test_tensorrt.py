@@ -55,8 +55,8 @@ def test_build_and_run_engine(tmp_path: Path, dtype: str) -> None:
     runner = trt_export.EngineRunner((tmp_path / "sae.engine").read_bytes())
     session = make_session(onnx_path)
     face = np.random.default_rng(5).random((3, 64, 64, 3), dtype=np.float32)
-    want = session.run(None, {"in_face": face})
-    got = runner({"in_face": face})
+    want = session.run(None, {"in_face:0": face})  # DeepFaceLive's literal input name
+    got = runner({"in_face:0": face})
     for output, ref in zip(session.get_outputs(), want, strict=True):
         assert got[output.name].shape == ref.shape
         assert np.abs(got[output.name] - ref).max() <= result.tolerance

@@ -29,6 +29,25 @@ BACKENDS = ("auto", "dali", "torch", "synthetic")
 AMP_MODES = ("none", "auto", "bf16", "fp16")
 OPTIMIZERS = ("adabelief", "rmsprop")
 EXPORT_LAYOUTS = ("torchsae", "dfm")
+# Opsets per layout. dfm: DeepFaceLive's release builds pin ONNX Runtime 1.11, which reads opsets up
+# to 16, and DeepFaceLab's own tf2onnx export is opset 12 (spec §6). torchsae: 17 or newer.
+DEFAULT_OPSET = {"torchsae": 17, "dfm": 12}
+DFM_OPSETS = (12, 16)  # inclusive range
+
+
+def check_opset(layout: str, opset: int) -> None:
+    """Raise a one-line ConfigError when ``opset`` does not suit ``layout``."""
+    if layout == "dfm":
+        low, high = DFM_OPSETS
+        if opset > high:
+            raise ConfigError(
+                f"opset {opset}: a .dfm must load in DeepFaceLive, whose ONNX Runtime 1.11 reads opsets "
+                f"up to {high}; use opset {low}..{high} (default {low}, what DeepFaceLab exports)"
+            )
+        if opset < low:
+            raise ConfigError(f"opset {opset}: a .dfm is exported at opset {low}..{high} (default {low})")
+    elif opset < 17:
+        raise ConfigError(f"opset {opset}: 17 or newer is required")
 
 
 def round_up_even(value: int) -> int:
@@ -238,15 +257,19 @@ class TrainConfig:
 class ExportConfig:
     """ONNX export options (spec §6)."""
 
-    opset: int = 17
+    opset: int | None = None  # None: the layout's default (DEFAULT_OPSET)
     layout: str = "torchsae"
     dtype: str = "fp32"
 
+    @property
+    def resolved_opset(self) -> int:
+        """The opset an export uses: ``opset`` if set, else the layout's default."""
+        return self.opset if self.opset is not None else DEFAULT_OPSET.get(self.layout, 17)
+
     def validate(self) -> None:
-        if self.opset < 17:
-            raise ConfigError(f"opset {self.opset}: 17 or newer is required")
         if self.layout not in EXPORT_LAYOUTS:
             raise ConfigError(f"layout {self.layout!r}: must be one of {', '.join(EXPORT_LAYOUTS)}")
+        check_opset(self.layout, self.resolved_opset)
         if self.dtype not in ("fp32", "fp16"):
             raise ConfigError(f"dtype {self.dtype!r}: must be fp32 or fp16")
 

@@ -10,7 +10,55 @@ from pathlib import Path
 
 import click
 
-from torchsae.config import EXPORT_LAYOUTS
+from torchsae.config import DEFAULT_OPSET, EXPORT_LAYOUTS, ExportConfig
+from torchsae.export.errors import ExportError
+
+ONNX_SUFFIXES = (".onnx", ".dfm")
+
+
+def resolve_output(checkpoint: Path, output: Path, layout: str | None) -> str | None:
+    """Check ``--output`` and return the layout its suffix implies (``.dfm`` -> dfm), or ``layout``.
+
+    Only ``.onnx`` and ``.dfm`` files are written; ``.dfm`` with an explicit ``--layout torchsae`` is a
+    contradiction. An output that is the checkpoint itself, or an existing file that is not an ONNX
+    model, is refused: an export must never overwrite a checkpoint or other data.
+    """
+    suffix = output.suffix.lower()
+    if suffix not in ONNX_SUFFIXES:
+        raise ExportError(
+            f"{output}: the output must end in .onnx or .dfm (DeepFaceLive), not {suffix or 'nothing'!r}"
+        )
+    if suffix == ".dfm":
+        if layout == "torchsae":
+            raise ExportError(
+                f"{output}: a .dfm is DeepFaceLive's layout; drop --layout torchsae or write a .onnx"
+            )
+        layout = "dfm"
+    if output.exists():
+        if checkpoint.exists() and output.resolve() == checkpoint.resolve():
+            raise ExportError(f"{output}: this is the checkpoint being exported; choose another --output")
+        if not output.is_file() or not _looks_like_onnx(output):
+            raise ExportError(f"{output}: exists and is not an ONNX model; refusing to overwrite it")
+    return layout
+
+
+def _looks_like_onnx(path: Path) -> bool:
+    """Whether ``path`` starts like a serialized ONNX ModelProto (field 1, ir_version, as a varint).
+
+    A torch checkpoint starts with ``PK`` (zip) or a pickle opcode, a YAML or text file with a
+    printable character; ONNX writers serialize fields in order, so a model starts with 0x08.
+    """
+    with open(path, "rb") as handle:
+        return handle.read(1) == b"\x08"
+
+
+def resolve_opset(opset: int | None, layout: str, export_cfg: ExportConfig) -> int:
+    """``--opset``, else the config's opset if it was chosen for this layout, else the layout's default."""
+    if opset is not None:
+        return opset
+    if export_cfg.layout == layout and export_cfg.opset is not None:
+        return export_cfg.opset
+    return DEFAULT_OPSET[layout]
 
 
 @click.command("export")
@@ -24,15 +72,20 @@ from torchsae.config import EXPORT_LAYOUTS
     "--output",
     required=True,
     type=click.Path(dir_okay=False, path_type=Path),
-    help="ONNX file to write (.onnx, or .dfm for DeepFaceLive).",
+    help="ONNX file to write: .onnx, or .dfm (selects --layout dfm, for DeepFaceLive).",
 )
 @click.option("--model-size", type=int, default=None, help="Expected resolution; must match the checkpoint.")
-@click.option("--opset", type=int, default=None, help="ONNX opset, 17 (default) or newer.")
+@click.option(
+    "--opset",
+    type=int,
+    default=None,
+    help="ONNX opset. torchsae: 17 (default) or newer; dfm: 12 (default, as DeepFaceLab) to 16.",
+)
 @click.option(
     "--layout",
     type=click.Choice(EXPORT_LAYOUTS),
     default=None,
-    help="torchsae: NCHW 'face'; dfm: DeepFaceLive's NHWC 'in_face'.",
+    help="torchsae: NCHW 'face'; dfm: DeepFaceLive's NHWC 'in_face:0' (default for a .dfm output).",
 )
 @click.option(
     "--dtype",
@@ -57,16 +110,19 @@ def export_cmd(
 ) -> None:
     """Export Encoder + Inter + Decoder B (A face in, B identity out) to ONNX, verified with ONNX Runtime.
 
-    Options not given fall back to the checkpoint config's export section (opset 17, layout torchsae,
-    fp32). Nothing is written unless ONNX Runtime matches PyTorch (1e-4 for fp32, 1e-2 for fp16).
+    Options not given fall back to the checkpoint config's export section (layout torchsae, fp32)
+    and the layout's opset (torchsae 17; dfm 12, at most 16 since DeepFaceLive's ONNX Runtime 1.11
+    reads no newer). A .dfm output selects the dfm layout. Nothing is written unless ONNX Runtime
+    matches PyTorch (1e-4 for fp32, 1e-2 for fp16).
     """
     from torchsae.export.onnx import export_onnx
     from torchsae.export.source import load_model_for_export
     from torchsae.export.verify import load_faces
 
+    layout = resolve_output(checkpoint, output, layout)
     model, config, step = load_model_for_export(checkpoint, model_size)
-    opset = opset if opset is not None else config.export.opset
     layout = layout or config.export.layout
+    opset = resolve_opset(opset, layout, config.export)
     dtype = dtype or config.export.dtype
     faces_dir = verify_faces
     if faces_dir is None and config.data.data_dir_a and Path(config.data.data_dir_a).is_dir():

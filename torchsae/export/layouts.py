@@ -5,8 +5,11 @@ NHWC and the output order, while the network itself always runs ``SAEHD.swap`` i
 order. Keeping the permutes here means one model implementation serves both contracts.
 
 * ``torchsae``: ``face`` (N,3,R,R) -> ``swapped`` (N,3,R,R), ``swapped_mask``, ``face_mask`` (N,1,R,R).
-* ``dfm``: DeepFaceLive's contract (spec §6): ``in_face`` (N,R,R,3) -> ``out_face_mask`` (N,R,R,1),
-  ``out_celeb_face`` (N,R,R,3), ``out_celeb_face_mask`` (N,R,R,1), in that order, all NHWC.
+* ``dfm``: DeepFaceLive's contract (spec §6): ``in_face:0`` (N,R,R,3) -> ``out_face_mask:0``
+  (N,R,R,1), ``out_celeb_face:0`` (N,R,R,3), ``out_celeb_face_mask:0`` (N,R,R,1), in that order, all
+  NHWC. The ``:0`` suffixes are DeepFaceLab's tf2onnx names, and part of the contract: DeepFaceLive
+  feeds the input by the literal name ``in_face:0``, so a graph input named ``in_face`` loads and
+  then fails on the first frame.
 
 All images are float32 BGR in [0, 1]. A is DeepFaceLab's dst (the face fed in), B is src.
 """
@@ -39,7 +42,7 @@ class LayoutSpec:
 
     def output_shapes(self, batch: int, resolution: int) -> tuple[tuple[int, ...], ...]:
         """The expected output shapes, in graph order."""
-        channels = {"swapped": 3, "out_celeb_face": 3}
+        channels = {"swapped": 3, "out_celeb_face:0": 3}
         shapes = []
         for name in self.output_names:
             c = channels.get(name, 1)
@@ -61,9 +64,16 @@ class LayoutSpec:
 LAYOUTS: dict[str, LayoutSpec] = {
     "torchsae": LayoutSpec("torchsae", "face", ("swapped", "swapped_mask", "face_mask"), channels_last=False),
     "dfm": LayoutSpec(
-        "dfm", "in_face", ("out_face_mask", "out_celeb_face", "out_celeb_face_mask"), channels_last=True
+        "dfm",
+        "in_face:0",
+        ("out_face_mask:0", "out_celeb_face:0", "out_celeb_face_mask:0"),
+        channels_last=True,
     ),
 }
+# What DeepFaceLive's DFMModel does at run time (spec §6): it feeds these literal names.
+DFM_INPUT = "in_face:0"
+DFM_MORPH_INPUT = "morph_value:0"
+DFM_MAX_OPSET = 16  # DeepFaceLive's release builds pin ONNX Runtime 1.11
 
 
 class SwapGraph(nn.Module):
@@ -103,27 +113,41 @@ class DfmInfo:
 
 
 def check_dfm_contract(model: str | bytes, *, run: bool = True, batch: int = 2) -> DfmInfo:
-    """Apply DeepFaceLive's ``DFMModel`` loading rules (spec §6) to an ONNX file or its bytes.
+    """Apply DeepFaceLive's ``DFMModel`` rules (spec §6) to an ONNX file or its bytes.
 
-    The rules, as DeepFaceLive applies them through ONNX Runtime: ``inputs[0].name`` contains
-    ``in_face``; H and W are read from ``inputs[0].shape[1:3]``; a second input is allowed only if its
-    name contains ``morph_value``; the three outputs are unpacked by position as (face_mask,
-    celeb_face, celeb_mask). With ``run`` the model is also executed on ``batch`` random faces and
-    each output's shape is checked against that reading. Raises DfmContractError naming the rule.
+    At load, DeepFaceLive requires ``inputs[0].name`` to contain ``in_face``, reads H and W from
+    ``inputs[0].shape[1:3]`` and allows a second input only if its name contains ``morph_value``.
+    At run time it feeds the inputs by the literal names ``in_face:0`` and ``morph_value:0`` (so the
+    names must be exactly those) and unpacks the three outputs by position as (face_mask,
+    celeb_face, celeb_mask). Its ONNX Runtime (1.11) reads opsets up to 16. With ``run`` the model is
+    executed the way DeepFaceLive does it, on ``batch`` random faces, and each output's shape is
+    checked. Raises DfmContractError naming the rule.
     """
+    import onnx
+
     from torchsae.export.verify import make_session
 
     source = model if isinstance(model, str) else "<onnx bytes>"
+    header = (
+        onnx.load(model, load_external_data=False) if isinstance(model, str) else onnx.load_from_string(model)
+    )
+    opset = next((o.version for o in header.opset_import if o.domain in ("", "ai.onnx")), None)
+    del header
     session = make_session(model)
     inputs, outputs = session.get_inputs(), session.get_outputs()
     if not inputs or "in_face" not in inputs[0].name:
         raise DfmContractError(
             f"{source}: inputs[0] must be named '*in_face*', got {[i.name for i in inputs]}"
         )
+    if inputs[0].name != DFM_INPUT:
+        raise DfmContractError(
+            f"{source}: input is named {inputs[0].name!r}; DeepFaceLive feeds it by the literal name "
+            f"{DFM_INPUT!r}, so this model would load and then fail on the first frame"
+        )
     shape = inputs[0].shape
     if len(shape) != 4 or not all(isinstance(d, int) for d in shape[1:3]) or shape[3] != 3:
         raise DfmContractError(
-            f"{source}: input 'in_face' must be (N, H, W, 3) with static H, W; got {shape}"
+            f"{source}: input {DFM_INPUT!r} must be (N, H, W, 3) with static H, W; got {shape}"
         )
     height, width = int(shape[1]), int(shape[2])
     extra = inputs[1:]
@@ -131,15 +155,24 @@ def check_dfm_contract(model: str | bytes, *, run: bool = True, batch: int = 2) 
         raise DfmContractError(
             f"{source}: only a second input named '*morph_value*' is allowed, got {[i.name for i in extra]}"
         )
+    if extra and extra[0].name != DFM_MORPH_INPUT:
+        raise DfmContractError(
+            f"{source}: second input is named {extra[0].name!r}; DeepFaceLive feeds it by the literal "
+            f"name {DFM_MORPH_INPUT!r}"
+        )
     if len(outputs) != 3:
         raise DfmContractError(
             f"{source}: DeepFaceLive unpacks exactly 3 outputs, the graph has {len(outputs)}"
         )
+    if opset is None or opset > DFM_MAX_OPSET:
+        raise DfmContractError(
+            f"{source}: opset {opset}; DeepFaceLive's ONNX Runtime 1.11 reads opsets up to {DFM_MAX_OPSET}"
+        )
     names = tuple(o.name for o in outputs)
     if run:
-        feeds = {inputs[0].name: np.random.default_rng(0).random((batch, height, width, 3), dtype=np.float32)}
+        feeds = {DFM_INPUT: np.random.default_rng(0).random((batch, height, width, 3), dtype=np.float32)}
         if extra:
-            feeds[extra[0].name] = np.array([0.75], dtype=np.float32)
+            feeds[DFM_MORPH_INPUT] = np.array([0.75], dtype=np.float32)
         face_mask, celeb_face, celeb_mask = session.run(None, feeds)
         expected = (("face_mask", 1), ("celeb_face", 3), ("celeb_mask", 1))
         for position, (array, (label, channels)) in enumerate(

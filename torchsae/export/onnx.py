@@ -6,9 +6,14 @@ dynamic batch axis and a fixed height and width.
 
 Exporter choice (measured with torch 2.14): the ``torch.export`` based exporter (``dynamo=True``)
 emits opset 18 natively and its down-conversion to 17 fails on ``ReduceMean`` (axes became an
-input in 18), silently leaving an opset-18 file. So opset 17 uses the TorchScript exporter
+input in 18), silently leaving an opset-18 file. So opsets up to 17 use the TorchScript exporter
 (``dynamo=False``) and opset 18+ uses ``dynamo=True``, falling back to the other path if the first
-one fails. Either way the written file must declare exactly the opset asked for. The DCR
+one fails. Either way the written file must declare exactly the opset asked for, and every node's op
+must exist at that opset (``check_ops_exist``).
+
+Opsets: layout ``torchsae`` defaults to 17 (17 or newer); layout ``dfm`` defaults to 12, what
+DeepFaceLab's own tf2onnx export writes, and refuses anything above 16, because DeepFaceLive's
+release builds pin ONNX Runtime 1.11, which cannot read newer opsets (spec §6). The DCR
 depth-to-space of the upscalers is a reshape/transpose in the model and exports as Reshape +
 Transpose (no DepthToSpace node), which every runtime handles.
 
@@ -67,7 +72,7 @@ def export_onnx(
     model_cfg: ModelConfig,
     *,
     layout: str = "torchsae",
-    opset: int = 17,
+    opset: int | None = None,
     dtype: str = "fp32",
     step: int | None = None,
     faces: np.ndarray | None = None,
@@ -76,13 +81,17 @@ def export_onnx(
 
     The caller's model keeps its device and train/eval mode (a model on a GPU is copied to the CPU).
     ``faces`` are real faces (N, H, W, 3) BGR in [0, 1] to verify on besides the random inputs;
-    ``step`` is the training step recorded in the metadata.
+    ``step`` is the training step recorded in the metadata. ``opset`` None is the layout's default
+    (17 for ``torchsae``; 12 for ``dfm``, which also refuses anything above 16: DeepFaceLive's
+    ONNX Runtime 1.11 cannot read it).
     """
     output = Path(output)
     try:
-        ExportConfig(opset=opset, layout=layout, dtype=dtype).validate()
+        export_cfg = ExportConfig(opset=opset, layout=layout, dtype=dtype)
+        export_cfg.validate()
     except ConfigError as exc:
         raise ExportError(f"{output}: {exc}") from exc
+    opset = export_cfg.resolved_opset
     was_training = model.training
     on_cpu = all(t.device.type == "cpu" for t in (*model.parameters(), *model.buffers()))
     cpu_model = model if on_cpu else copy.deepcopy(model).cpu()  # never move the caller's model
@@ -118,6 +127,7 @@ def _export_in(
     metadata = model_metadata(model_cfg, layout, dtype, opset, step, exporter)
     _finish_proto(proto, metadata)
     _pin_io_shapes(proto, layout, resolution)
+    check_ops_exist(proto, str(output))
     external = tensor_bytes(proto) >= PROTOBUF_LIMIT
     if external:
         staged = stage_external(proto, workdir / output.name)
@@ -143,7 +153,7 @@ def trace_to_onnx(graph: nn.Module, layout: str, resolution: int, opset: int, la
     The exporters write into ``workdir`` (switching to external data by themselves for models over
     2 GiB); the proto is loaded back with its weights.
     """
-    order = ("torchscript", "dynamo") if opset == 17 else ("dynamo", "torchscript")
+    order = ("torchscript", "dynamo") if opset <= 17 else ("dynamo", "torchscript")
     errors = []
     for exporter in order:
         try:
@@ -251,6 +261,53 @@ def _pin_io_shapes(proto, layout: str, resolution: int) -> None:
         batch.dim_param = BATCH_AXIS
         for size in shape[1:]:
             dims.add().dim_value = size
+
+
+def check_ops_exist(proto, label: str) -> None:
+    """Every node's op must exist at the opset its graph (or function) imports for the op's domain.
+
+    ``onnx.checker`` does not always catch an op newer than the declared opset (an exporter that
+    stamps opset 12 on a graph using an opset-18 op); a runtime pinned to that opset (DeepFaceLive's
+    ONNX Runtime 1.11 reads up to 16) then refuses the file. Checked with ``onnx.defs.get_schema``
+    for every node, including those in subgraphs and local functions. Raises VerificationError.
+    """
+    import onnx
+    from onnx import defs
+
+    def versions(opset_import) -> dict[str, int]:
+        return {("" if o.domain == "ai.onnx" else o.domain): o.version for o in opset_import}
+
+    local = {(f.domain, f.name) for f in proto.functions}
+
+    def walk(nodes, imported: dict[str, int], where: str) -> None:
+        for node in nodes:
+            domain = "" if node.domain == "ai.onnx" else node.domain
+            if (node.domain, node.op_type) not in local:
+                if domain not in imported:
+                    raise VerificationError(
+                        f"{label}: {where} node {node.name!r} ({node.op_type}) uses domain "
+                        f"{domain!r}, which the model does not import"
+                    )
+                try:
+                    defs.get_schema(node.op_type, max_inclusive_version=imported[domain], domain=domain)
+                except defs.SchemaError:
+                    raise VerificationError(
+                        f"{label}: {where} node {node.name!r} uses op {node.op_type!r}, which does not exist "
+                        f"at opset {imported[domain]} of domain {domain or 'ai.onnx'!r}"
+                    ) from None
+            for attr in node.attribute:
+                if attr.type == onnx.AttributeProto.GRAPH:
+                    walk(attr.g.node, imported, where)
+                elif attr.type == onnx.AttributeProto.GRAPHS:
+                    for graph in attr.graphs:
+                        walk(graph.node, imported, where)
+
+    model_opsets = versions(proto.opset_import)
+    walk(proto.graph.node, model_opsets, "graph")
+    for function in proto.functions:
+        walk(
+            function.node, {**model_opsets, **versions(function.opset_import)}, f"function {function.name!r}"
+        )
 
 
 def check_proto(proto, opset: int, label: str, path: str | None = None) -> bytes:
