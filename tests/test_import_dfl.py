@@ -176,7 +176,8 @@ def test_dfm_export_matches_deepfacelab_and_its_own_dfm(imported, tmp_path: Path
 def test_dfl_package_stays_torch_free() -> None:
     """Listing models and mapping options must not import torch (the importer loads it lazily)."""
     code = (
-        "import sys, torchsae.dfl.model_import, torchsae.dfl.model_options, torchsae.cli.import_dfl; "
+        "import sys, torchsae.dfl.model_import, torchsae.dfl.model_options, torchsae.cli.import_dfl, "
+        "torchsae.dfl.model_writer, torchsae.dfl.model_export; "
         "assert 'torch' not in sys.modules, 'torch imported'"
     )
     subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).parent.parent)

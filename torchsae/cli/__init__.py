@@ -26,6 +26,7 @@ COMMANDS: dict[str, str] = {
     "inspect": "torchsae.cli.faceset:inspect_cmd",
     "xseg": "torchsae.cli.faceset:xseg_group",
     "import-dfl": "torchsae.cli.import_dfl:import_dfl_cmd",
+    "export-dfl": "torchsae.cli.import_dfl:export_dfl_cmd",
 }
 
 

@@ -1,4 +1,5 @@
-"""``torchsae import-dfl``: a DeepFaceLab SAEHD model folder -> a TorchSAE checkpoint to resume.
+"""``torchsae import-dfl`` (a DeepFaceLab SAEHD model folder -> a TorchSAE checkpoint to resume) and
+``torchsae export-dfl`` (the way back).
 
 Why a command of its own: years of DeepFaceLab training live in model folders; one command turns a
 folder into ``models/imported.pth``, and ``torchsae train --resume models/imported.pth`` continues at
@@ -74,3 +75,50 @@ def import_dfl_cmd(folder: Path, model_name: str | None, output: Path, force: bo
     click.echo(
         f"continue with: torchsae train --resume {result.output} --data-dir-a DST_FACES --data-dir-b SRC_FACES"
     )
+
+
+@click.command("export-dfl")
+@click.option(
+    "--checkpoint",
+    required=True,
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="TorchSAE checkpoint (models/last.pth).",
+)
+@click.option(
+    "--output",
+    required=True,
+    type=click.Path(file_okay=False, path_type=Path),
+    help="DeepFaceLab model folder to write into, e.g. workspace/model.",
+)
+@click.option(
+    "--model-name",
+    default=None,
+    help="NAME of NAME_SAEHD_*.npy (default: the name it was imported under, else 'torchsae').",
+)
+@click.option("--force", is_flag=True, help="Replace this model's files if they exist in OUTPUT.")
+def export_dfl_cmd(checkpoint: Path, output: Path, model_name: str | None, force: bool) -> None:
+    """Write a TorchSAE checkpoint as a DeepFaceLab SAEHD model folder, to merge, export or keep
+    training in DeepFaceLab at the same iteration.
+
+    \b
+    Writes NAME_SAEHD_{encoder,inter,decoder_src,decoder_dst}.npy (LIAE: encoder, inter_AB, inter_B,
+    decoder), NAME_SAEHD_src_dst_opt.npy (optimizer moments), NAME_SAEHD_data.dat (options,
+    iteration, loss history) and NAME_SAEHD_summary.txt; B is DeepFaceLab's src, A its dst.
+    """
+    from torchsae.dfl.model_export import export_dfl_model
+
+    try:
+        result = export_dfl_model(checkpoint, output, model_name, force=force)
+    except TorchSAEError as exc:
+        raise click.ClickException(str(exc)) from exc
+    for line in result.warnings:
+        click.echo(f"Warning: {line}", err=True)
+    for line in result.notes:
+        click.echo(f"Note: {line}", err=True)
+    cfg = result.config
+    click.echo(
+        f"wrote DeepFaceLab model {result.model_name!r} in {result.folder}: {cfg.model.archi} "
+        f"{cfg.model.resolution}px {cfg.model.face_type}, iteration {result.step}, optimizer {cfg.optim.optimizer}"
+    )
+    click.echo(f"networks: {', '.join(result.networks)}; optimizer moments: {', '.join(result.optimizers)}")
+    click.echo(f"in DeepFaceLab: choose model '{result.model_name}' (SAEHD) in {result.folder}")

@@ -20,3 +20,8 @@ class UnsafePickleError(DFLFormatError):
 
     Raised before anything the pickle names is called, so a hostile file never runs code.
     """
+
+
+class DFLExportError(TorchSAEError):
+    """A TorchSAE model cannot be written as a DeepFaceLab model folder (a setting DeepFaceLab cannot
+    express, files already there, a checkpoint that does not fit)."""

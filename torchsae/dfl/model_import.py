@@ -183,13 +183,31 @@ def _optimizer_state(params: list, moments: dict, config: Config) -> dict[str, A
     return opt.state_dict()
 
 
+def build_discriminator(name: str, model: nn.Module, config: Config) -> nn.Module:
+    """The discriminator ``name`` ('code' or 'gan') as the trainer builds it for ``model``."""
+    from torchsae.models import CodeDiscriminator, UNetPatchDiscriminator
+
+    if name == "code":
+        return CodeDiscriminator(model.code_channels, model.code_resolution)
+    return UNetPatchDiscriminator(config.model.resolved_gan_patch_size, 3, config.model.gan_dims)
+
+
+def plain_options(options: dict[str, Any]) -> dict[str, Any]:
+    """DeepFaceLab options as plain Python values a ``weights_only`` checkpoint can hold (numpy
+    scalars -> int/float/bool; anything not a scalar is left out)."""
+    out = {}
+    for key, value in options.items():
+        value = value.item() if isinstance(value, np.generic) else value
+        if isinstance(value, (bool, int, float, str)):
+            out[key] = value
+    return out
+
+
 def _load_discriminators(
     folder: Path, name: str, model: nn.Module, config: Config, notes: list[str]
 ) -> dict[str, nn.Module]:
     """The discriminators the options use, loaded from their files (DeepFaceLab's rule: a power of 0
     means the file is not loaded; a missing file means the trainer starts that discriminator anew)."""
-    from torchsae.models import CodeDiscriminator, UNetPatchDiscriminator
-
     wanted = {"code": config.loss.true_face_power > 0, "gan": config.loss.gan_power > 0}
     loaded: dict[str, nn.Module] = {}
     for disc in DISCRIMINATORS:
@@ -201,10 +219,7 @@ def _load_discriminators(
         if not path.is_file():
             notes.append(f"{path.name}: not found, the {disc.name} discriminator starts from scratch")
             continue
-        if disc.name == "code":
-            module: nn.Module = CodeDiscriminator(model.code_channels, model.code_resolution)
-        else:
-            module = UNetPatchDiscriminator(config.model.resolved_gan_patch_size, 3, config.model.gan_dims)
+        module = build_discriminator(disc.name, model, config)
         load_network(module, path)
         loaded[disc.name] = module
     return loaded
@@ -261,7 +276,15 @@ def import_dfl_model(folder: str | Path, output: str | Path, model_name: str | N
         "optimizers": optimizers,
         "discriminators": {key: module.state_dict() for key, module in disc_modules.items()},
         "metrics": {"skipped_steps": 0, "history": _history(data, config.train.log_interval)},
-        "imported_from": {"format": "deepfacelab-saehd", "folder": str(folder), "model_name": name},
+        "imported_from": {
+            "format": "deepfacelab-saehd",
+            "folder": str(folder),
+            "model_name": name,
+            # what export-dfl writes back for options TorchSAE does not have (target_iter while
+            # max_steps is still the one derived here, models_opt_on_gpu, lr_dropout 'cpu', ...)
+            "options": plain_options(data.options),
+            "max_steps": config.train.max_steps,
+        },
     }
     save_checkpoint(output, state)
     return ImportResult(output, name, iteration, config, networks, list(optimizers), warnings, notes)
