@@ -3,7 +3,9 @@
 
 Why a command of its own: years of DeepFaceLab training live in model folders; one command turns a
 folder into ``models/imported.pth``, and ``torchsae train --resume models/imported.pth`` continues at
-the same iteration with the same options, weights and optimizer moments.
+the same iteration with the same options, weights and optimizer moments. ``export-dfl`` writes a
+checkpoint back as a model folder, so a model trained in TorchSAE can be merged, exported or trained
+on in DeepFaceLab.
 """
 
 from __future__ import annotations
