@@ -67,7 +67,7 @@ def test_preview_columns_come_from_the_model() -> None:
     model.train()
     cols = pv.preview_columns(model, samples)
     assert model.training  # restored afterwards
-    assert len(cols) == len(pv.COLUMNS) == 7
+    assert len(cols) == len(pv.COLUMNS) == 9
     with torch.no_grad():
         out = model(samples["target_a"], samples["target_b"])
         swapped, _, _ = model.swap(samples["target_a"])
@@ -76,6 +76,22 @@ def test_preview_columns_come_from_the_model() -> None:
     assert torch.allclose(cols[2], out["pred_aa"], atol=1e-6)
     assert torch.allclose(cols[5], out["pred_bb"], atol=1e-6)
     assert torch.allclose(cols[6], swapped, atol=1e-5)  # the A->B column is the model's swap
+    # the predicted masks, overlaid on A like the dataset mask: A->A (pred_dst_dstm) and the swap's
+    assert torch.allclose(cols[7], pv.mask_overlay(samples["target_a"], out["pred_aa_mask"]), atol=1e-5)
+    assert torch.allclose(cols[8], pv.mask_overlay(samples["target_a"], out["swap_ab_mask"]), atol=1e-5)
+
+
+def test_columns_keep_the_seed_order_and_append_the_predicted_masks() -> None:
+    assert pv.COLUMNS[:7] == (
+        "A_original",
+        "A_xseg_mask_overlay",
+        "A_recon",
+        "B_original",
+        "B_xseg_mask_overlay",
+        "B_recon",
+        "A_to_B",
+    )
+    assert pv.COLUMNS[7:] == ("A_pred_mask", "A_to_B_mask")
 
 
 def test_loss_curve_draws_each_series(tmp_path: Path) -> None:
@@ -99,7 +115,14 @@ def test_loss_curve_draws_each_series(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(
-    ("step", "name"), [(0, "step_00000.png"), (500, "step_00500.png"), (123456, "step_123456.png")]
+    ("step", "name"),
+    [(0, "step_00000000.png"), (500, "step_00000500.png"), (123456, "step_00123456.png")],
 )
 def test_preview_names_sort_by_step(step: int, name: str) -> None:
     assert pv.preview_path(Path("logs/previews"), step) == Path("logs/previews") / name
+
+
+def test_preview_names_sort_past_99999_steps() -> None:
+    steps = [99_999, 100_000, 200_000, 5, 12_345_678]
+    names = [pv.preview_path(Path("p"), s).name for s in steps]
+    assert sorted(names) == [pv.preview_path(Path("p"), s).name for s in sorted(steps)]
