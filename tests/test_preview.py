@@ -26,31 +26,31 @@ def test_mask_overlay_formula() -> None:
 
 
 def test_grid_places_each_column_and_row() -> None:
-    n, res = 4, 128
-    columns = [torch.full((n, 3, res, res), c / 10.0) for c in range(7)]
+    n, res, k = 4, 128, len(pv.COLUMNS)
+    columns = [torch.full((n, 3, res, res), c / 10.0) for c in range(k)]
     columns[0][2, 1] = 1.0  # row 2 of column 0: green channel fully on
     grid = pv.compose_grid(columns)
     header = grid.shape[0] - n * res
-    assert grid.shape == (header + n * res, 7 * res, 3) and grid.dtype == np.uint8
+    assert grid.shape == (header + n * res, k * res, 3) and grid.dtype == np.uint8
     assert header >= 18
     body = grid[header:]
-    for c in range(7):
+    for c in range(k):
         expected = int(c / 10.0 * 255 + 0.5)
         cell = body[0:res, c * res : (c + 1) * res]
         assert (cell == expected).all(), c
     assert (body[2 * res : 3 * res, 0:res, 1] == 255).all()
     assert (body[2 * res : 3 * res, 0:res, 0] == 0).all()
     # the header holds dark label text over a white strip, somewhere above every column
-    for c in range(7):
+    for c in range(k):
         strip = grid[:header, c * res : (c + 1) * res]
         assert strip.min() < 128 and strip.max() == 255
 
 
 def test_small_cells_are_enlarged_pixel_for_pixel() -> None:
-    columns = [torch.rand(2, 3, 32, 32) for _ in range(7)]
+    columns = [torch.rand(2, 3, 32, 32) for _ in pv.COLUMNS]
     grid = pv.compose_grid(columns, min_cell=128)
     header = grid.shape[0] - 2 * 128
-    assert grid.shape[1] == 7 * 128
+    assert grid.shape[1] == len(pv.COLUMNS) * 128
     small = pv.compose_grid(columns, min_cell=0)
     assert np.array_equal(grid[header::4, ::4], small[small.shape[0] - 64 :])
 
