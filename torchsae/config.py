@@ -134,6 +134,7 @@ class DataConfig:
     data_dir_a: str | None = None
     data_dir_b: str | None = None
     pretrain_dir: str | None = None
+    index_dir: str | None = None  # None: TORCHSAE_INDEX_DIR, else each faceset's own .torchsae folder
     backend: str = "auto"
     workers: int = 2
     mask_policy: str = "xseg"

@@ -34,6 +34,7 @@ OPTION_MAP: dict[str, tuple[str, str]] = {
     "ct_mode": ("data", "ct_mode"),
     "uniform_yaw": ("data", "uniform_yaw"),
     "pretrain_dir": ("data", "pretrain_dir"),
+    "index_dir": ("data", "index_dir"),
     "archi": ("model", "archi"),
     "resolution": ("model", "resolution"),
     "face_type": ("model", "face_type"),
@@ -147,6 +148,12 @@ TRAIN_OPTIONS = [
         "--pretrain-dir",
         type=click.Path(file_okay=False),
         help="Generic faces for --pretrain (both sides; DFL's pretraining_data_path).",
+    ),
+    click.option(
+        "--index-dir",
+        type=click.Path(file_okay=False),
+        help="Keep the facesets' side indexes here instead of in each faceset's .torchsae folder "
+        "(read-only facesets); default: $TORCHSAE_INDEX_DIR, else beside the faces.",
     ),
     click.option("--backend", type=click.Choice(BACKENDS)),
     click.option("--workers", type=int, help="Data-loading worker processes per rank."),
