@@ -28,6 +28,7 @@ MASK_POLICIES = ("xseg", "hull", "full", "require")
 BACKENDS = ("auto", "dali", "torch", "synthetic")
 AMP_MODES = ("none", "auto", "bf16", "fp16")
 OPTIMIZERS = ("adabelief", "rmsprop")
+PROGRESS_MODES = ("auto", "bar", "plain", "none")  # console progress: see torchsae.train.report
 EXPORT_LAYOUTS = ("torchsae", "dfm")
 
 
@@ -217,10 +218,13 @@ class TrainConfig:
     memory_budget: str | None = None
     grad_accum: int = 1
     device: str = "auto"
+    progress: str = "auto"  # auto: a bar on a terminal, plain log lines otherwise; bar; plain; none
 
     def validate(self) -> None:
         if self.amp not in AMP_MODES:
             raise ConfigError(f"amp {self.amp!r}: must be one of {', '.join(AMP_MODES)}")
+        if self.progress not in PROGRESS_MODES:
+            raise ConfigError(f"progress {self.progress!r}: must be one of {', '.join(PROGRESS_MODES)}")
         for name in (
             "batch_size",
             "max_steps",

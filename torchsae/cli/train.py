@@ -17,7 +17,15 @@ from pathlib import Path
 import click
 
 from torchsae.cli import MODEL_DIMS_OPTIONS
-from torchsae.config import AMP_MODES, BACKENDS, CT_MODES, FACE_TYPES, MASK_POLICIES, OPTIMIZERS
+from torchsae.config import (
+    AMP_MODES,
+    BACKENDS,
+    CT_MODES,
+    FACE_TYPES,
+    MASK_POLICIES,
+    OPTIMIZERS,
+    PROGRESS_MODES,
+)
 from torchsae.errors import TorchSAEError
 
 # option name (click's python name) -> (config section, config key)
@@ -70,6 +78,7 @@ OPTION_MAP: dict[str, tuple[str, str]] = {
     "memory_budget": ("train", "memory_budget"),
     "compile": ("train", "compile"),
     "pretrain": ("train", "pretrain"),
+    "progress": ("train", "progress"),
 }
 
 
@@ -110,6 +119,13 @@ TRAIN_OPTIONS = [
     click.option("--preview-interval", type=int),
     click.option("--save-interval", type=int),
     click.option("--log-interval", type=int),
+    click.option(
+        "--progress",
+        type=click.Choice(PROGRESS_MODES),
+        help="Console progress: bar (tqdm), plain (one log line per --log-interval: time, step, ms/step, "
+        "samples/s, loss A, loss B, ETA), none; auto (default): the bar on a terminal, plain lines when "
+        "stderr is a file or pipe (TORCHSAE_NO_PROGRESS=1 also means no bar).",
+    ),
     click.option("--keep", type=int, help="Numbered checkpoint copies to keep besides last.pth."),
     click.option(
         "--amp",
