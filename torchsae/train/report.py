@@ -167,7 +167,7 @@ class RunReport:
         if plan is not None:
             lines.append(f"  memory       {plan.describe().removeprefix('Memory plan: ')}")
         else:
-            lines.append("  memory      no plan (give --memory-budget to fit the step in a budget)")
+            lines.append("  memory       no plan (give --memory-budget to fit the step in a budget)")
         if plan is not None:
             effective, micro, accum = plan.batch_size, plan.micro_batch, plan.grad_accum
         else:
