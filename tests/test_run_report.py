@@ -161,3 +161,43 @@ def test_headless_cli_run_prints_plain_lines_from_a_read_only_faceset(tmp_path: 
     assert f"index {tmp_path / 'idx'}" in proc.stdout
     assert sorted(p.name for p in read_only.rglob("*")) == before  # nothing written into the facesets
     (tmp_path / "headless_sample.txt").write_text(proc.stdout + proc.stderr)
+
+
+def test_errors_name_the_flag_beside_the_config_key(tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from torchsae.cli.train import name_flags, train_cmd
+
+    result = CliRunner().invoke(train_cmd, ["--run-dir", str(tmp_path), "--batch-size", "0"])
+    assert result.exit_code == 1 and "batch_size (--batch-size) must be >= 1" in result.output
+    assert name_flags("data.data_dir_a is not set") == "data.data_dir_a (--data-dir-a) is not set"
+    assert name_flags("train.amp bf16: no bf16 here; use --amp fp16") == (
+        "train.amp bf16: no bf16 here; use --amp fp16"  # the flag is named already
+    )
+    assert name_flags("run.yaml: lr must be positive") == "run.yaml: lr (--lr) must be positive"
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_model_size_with_another_resolution_says_what_is_built(tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from torchsae.cli.train import train_cmd
+
+    args = ["--run-dir", str(tmp_path), "--device", "cpu", "--model-size", "256", "--resolution", "128"]
+    args += ["--ae-dims", "16", "--e-dims", "8", "--d-dims", "8", "--d-mask-dims", "4"]
+    result = CliRunner().invoke(train_cmd, args)  # no faceset: stops at the data, after the note
+    assert result.exit_code == 1
+    assert "--model-size 256 with resolution 128" in result.output
+    assert "built liae-udt at 128 px" in result.output
+    assert "data.data_dir_a (--data-dir-a) is not set" in result.output
+
+
+def test_info_model_says_what_model_size_with_resolution_builds() -> None:
+    from click.testing import CliRunner
+
+    from torchsae.cli import main
+
+    result = CliRunner().invoke(main, ["info", "model", "--model-size", "256", "--resolution", "128"])
+    assert result.exit_code == 0, result.output
+    assert "built liae-udt at 128 px" in result.stderr
+    assert result.stdout.startswith("SAEHD liae-udt @ 128 px")
