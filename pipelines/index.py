@@ -327,7 +327,12 @@ def _run_jobs(
 
     # face_type is passed only when set, so process_file keeps its 3-argument call for plain indexes
     extra = () if face_type is None else (face_type,)
-    bar = tqdm(total=len(paths), desc="indexing", unit="file", disable=not progress or not paths)
+    import sys
+
+    interactive = progress and sys.stderr.isatty()  # a bar on a terminal, one plain line in a log file
+    if progress and paths and not interactive:
+        print(f"indexing {len(paths)} files of {Path(paths[0]).parent}", file=sys.stderr, flush=True)
+    bar = tqdm(total=len(paths), desc="indexing", unit="file", disable=not interactive or not paths)
     results: list = []
     if workers <= 1 or len(paths) < 32:
         for path in paths:
