@@ -67,6 +67,22 @@ def _last_value(points: Any) -> list[float] | None:
     return None
 
 
+def _model_summary(model: dict[str, Any]) -> dict[str, Any]:
+    """The shape as built: e/d/d_mask dims resolved as DeepFaceLab rounds them."""
+    from torchsae.config import ModelConfig
+
+    keys = ("archi", "resolution", "face_type", "ae_dims", "e_dims", "d_dims", "d_mask_dims")
+    summary = {key: model.get(key) for key in keys}
+    try:
+        built = ModelConfig(**model)
+        summary.update(
+            e_dims=built.resolved_e_dims, d_dims=built.resolved_d_dims, d_mask_dims=built.resolved_d_mask_dims
+        )
+    except (TypeError, ValueError):  # a config from another version: show it as stored
+        pass
+    return summary
+
+
 def checkpoint_info(target: str | Path) -> dict[str, Any]:
     """The JSON document of ``info checkpoint``."""
     from torchsae.train.checkpoint import load_checkpoint
@@ -83,10 +99,7 @@ def checkpoint_info(target: str | Path) -> dict[str, Any]:
         "version": state.get("version"),
         "step": int(state["step"]),
         "imported_from": state.get("imported_from"),
-        "model": {
-            key: model.get(key)
-            for key in ("archi", "resolution", "face_type", "ae_dims", "e_dims", "d_dims", "d_mask_dims")
-        },
+        "model": _model_summary(model),
         "params": sum(int(v.numel()) for v in state["model"].values() if hasattr(v, "numel")),
         "train": {
             key: train.get(key)
