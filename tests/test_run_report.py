@@ -97,7 +97,7 @@ def test_start_and_closing_summaries_and_target_reached(tmp_path: Path, faceset,
     cfg = tiny_config(tmp_path, faceset, 4, progress="plain")
     train(cfg)
     out, err = capsys.readouterr()
-    start = out[out.index("TorchSAE training run in") :]
+    start = out[out.index(f"Training SAEHD liae-ud 32 px in {tmp_path.resolve()}") :]
     for text in (
         "SAEHD liae-ud (LIAE), ",
         " parameters (",

@@ -146,7 +146,7 @@ class RunReport:
         m, t, o = cfg.model, cfg.train, cfg.optim
         params = sum(p.numel() for p in model.parameters())
         trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-        lines = [f"TorchSAE training run in {self.run_dir.resolve()}"]
+        lines = [f"Training SAEHD {m.archi} {m.resolution} px in {self.run_dir.resolve()}"]
         model_line = (
             f"SAEHD {m.archi} ({m.archi_type.upper()}), {_count(params)} parameters "
             f"({params * 4 / 2**20:.1f} MiB fp32"
