@@ -201,3 +201,46 @@ def test_info_model_says_what_model_size_with_resolution_builds() -> None:
     assert result.exit_code == 0, result.output
     assert "built liae-udt at 128 px" in result.stderr
     assert result.stdout.startswith("SAEHD liae-udt @ 128 px")
+
+
+def test_summary_names_skipped_files_and_the_memory_plan(tmp_path: Path) -> None:
+    from types import SimpleNamespace
+
+    import torch
+
+    from torchsae.config import Config
+
+    class _Index:  # what the summary reads of a FacesetIndex
+        root = Path("/faces/A")
+        skipped = [{"name": "bad.jpg"}, {"name": "gray.jpg"}]
+        directory = Path("/idx/A-0123/index_r128_xseg_wf/v000001")
+
+        def __len__(self) -> int:
+            return 98
+
+    index = _Index()
+    data = SimpleNamespace(indexes={"a": index})
+    plan = SimpleNamespace(
+        batch_size=16, micro_batch=4, grad_accum=4, describe=lambda: "Memory plan: batch 16 per side in 4"
+    )
+    cfg = Config()
+    cfg.train.batch_size, cfg.train.run_dir = 16, str(tmp_path)
+    text = report.RunReport(cfg, enabled=True).start_summary(
+        model=torch.nn.Linear(2, 3),
+        discriminators={"gan": torch.nn.Linear(1, 1)},
+        world_size=4,
+        device="cuda:0",
+        plan=plan,
+        amp_dtype=torch.bfloat16,
+        data=data,
+        step=0,
+        resume=None,
+    )
+    assert (
+        "data A (dst) /faces/A: 98 usable, 2 skipped (list: /idx/A-0123/index_r128_xseg_wf/v000001/skipped.json)"
+        in text
+    )
+    assert "data B (src) synthetic batches" in text
+    assert "memory       batch 16 per side in 4" in text
+    assert "cuda:0 x4: batch 16 per rank per side (4 micro-batches of 4), global batch 64 per side" in text
+    assert "precision    amp none: bfloat16" in text and "gan D        2 parameters" in text
