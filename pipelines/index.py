@@ -507,7 +507,15 @@ def build_index(
     _check_args(root, resolution, policy, face_type)
     face_type = short_face_type(face_type)
     workers = workers if workers is not None else (os.cpu_count() or 1)
-    with build_lock(root, index_root):
+    with contextlib.ExitStack() as stack:
+        try:
+            stack.enter_context(build_lock(root, index_root))
+        except SideIndexError:
+            # a read-only faceset whose owner built an up-to-date index: use it as it is
+            current = _try_load(root, resolution, policy, face_type, index_root)
+            if current is not None and not is_stale(root, resolution, policy, verify, face_type, index_root):
+                return BuildReport(current, processed=0, reused=len(current))
+            raise
         return _build_locked(root, resolution, policy, face_type, workers, progress, verify, index_root)
 
 

@@ -107,3 +107,20 @@ def test_train_option_reaches_the_config() -> None:
     from torchsae.cli.train import flags_to_overrides
 
     assert flags_to_overrides({"index_dir": "/scratch/idx"}) == {"data": {"index_dir": "/scratch/idx"}}
+
+
+def test_an_up_to_date_index_in_a_read_only_faceset_is_used_as_it_is(tmp_path: Path, monkeypatch) -> None:
+    """Another user built the index beside the faces; we cannot take its lock (simulated: the lock
+    path is a folder), but nothing changed, so the index loads; a changed faceset is still an error."""
+    monkeypatch.delenv(INDEX_DIR_ENV, raising=False)
+    faces = tmp_path / "faces"
+    make_faceset(faces, 3, size=64)
+    built = build_index(faces, 32, "xseg", workers=1, progress=False).index
+    (faces / SIDECAR / "lock").unlink()
+    (faces / SIDECAR / "lock").mkdir()
+    again = build_index(faces, 32, "xseg", workers=1, progress=False)
+    assert again.processed == 0 and again.index.directory == built.directory
+    make_faceset(tmp_path / "more", 4, size=64)
+    (tmp_path / "more" / "face_003.jpg").rename(faces / "face_003.jpg")
+    with pytest.raises(SideIndexError, match="lock"):
+        build_index(faces, 32, "xseg", workers=1, progress=False)
