@@ -190,7 +190,10 @@ def build_lock(root: str | Path, index_root: str | Path | None = None) -> Iterat
     try:
         handle = open(sidecar / "lock", "a+b")  # noqa: SIM115 - held for the with-block
     except OSError as exc:
-        raise SideIndexError(f"{sidecar}: cannot open the index lock file ({exc.strerror})") from exc
+        raise SideIndexError(
+            f"{sidecar}: cannot open the index lock file ({exc.strerror}); an out-of-date index in a "
+            "read-only faceset needs --index-dir DIR (or TORCHSAE_INDEX_DIR)"
+        ) from exc
     with handle:
         fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
         try:
