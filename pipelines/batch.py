@@ -172,6 +172,7 @@ def make_train_batches(
             data.mask_policy,
             progress=progress and rank == 0,
             face_type=cfg.model.face_type,
+            index_root=data.index_dir,
         )
         if len(index) == 0:
             raise TorchSAEError(f"{folder}: no usable face images (see {index.directory / 'skipped.json'})")

@@ -18,6 +18,12 @@ re-cropped (spec §5, "Crop"), so their masks differ per model face type. Withou
 affine from the file's pixels to the R² crop of the model's face type, NaN where the file already is
 of that type (it is only resized).
 
+Where (``sidecar_dir``): ``DIR/.torchsae/`` by default. ``index_root`` (``--index-dir``, config key
+``data.index_dir``, or the ``TORCHSAE_INDEX_DIR`` environment variable) moves it out of the faceset,
+for read-only facesets (NAS shares, container volumes, another user's data): the folder is then
+``INDEX_ROOT/<faceset name>-<hash of the faceset's resolved path>/``, so two facesets never share one
+and the same faceset always finds its own (which keeps builds incremental).
+
 A build writes a complete new generation, fsyncs it, then swaps ``CURRENT``; a crash at any point
 leaves the previous generation live. Entries whose size and mtime are unchanged are copied from the
 previous generation; ``verify=True`` also re-reads each file's metadata digest (for tools that keep
@@ -28,8 +34,10 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import hashlib
 import json
 import os
+import re
 import shutil
 import uuid
 from collections.abc import Iterator
@@ -51,6 +59,7 @@ from torchsae.fileio import atomic_write_text
 
 INDEX_VERSION = 2  # 2: the family is keyed by the model face type; recrop.npy
 SIDECAR = ".torchsae"
+INDEX_DIR_ENV = "TORCHSAE_INDEX_DIR"  # the index location when no index_root is passed
 
 
 class SideIndexError(TorchSAEError):
@@ -126,22 +135,65 @@ def short_face_type(face_type: str | None) -> str | None:
     raise SideIndexError(f"face type {face_type!r}: must be one of {', '.join(SHORT_FACE_TYPES)}")
 
 
-def index_dir(root: str | Path, resolution: int, policy: str, face_type: str | None = None) -> Path:
+def sidecar_dir(root: str | Path, index_root: str | Path | None = None) -> Path:
+    """The folder holding a faceset's indexes: ``root/.torchsae`` unless ``index_root`` (or else the
+    ``TORCHSAE_INDEX_DIR`` environment variable) is set; then ``INDEX_ROOT/<name>-<16 hex digits>``,
+    keyed by the faceset's resolved path so that two facesets never share an index."""
+    index_root = index_root or os.environ.get(INDEX_DIR_ENV) or None
+    if index_root is None:
+        return Path(root) / SIDECAR
+    resolved = Path(root).resolve()
+    key = hashlib.sha256(str(resolved).encode()).hexdigest()[:16]
+    name = re.sub(r"[^A-Za-z0-9._-]+", "_", resolved.name)[:48] or "faceset"
+    return Path(index_root).expanduser() / f"{name}-{key}"
+
+
+def index_dir(
+    root: str | Path,
+    resolution: int,
+    policy: str,
+    face_type: str | None = None,
+    index_root: str | Path | None = None,
+) -> Path:
     """The folder that holds every generation of one (resolution, policy, model face type) index."""
     short = short_face_type(face_type)
     suffix = "" if short is None else f"_{short}"
-    return Path(root) / SIDECAR / f"index_r{resolution}_{policy}{suffix}"
+    return sidecar_dir(root, index_root) / f"index_r{resolution}_{policy}{suffix}"
+
+
+def _make_sidecar(root: Path, sidecar: Path) -> None:
+    """Create the index folder; outside the faceset, note which faceset it belongs to."""
+    try:
+        if sidecar.parent == root:
+            sidecar.mkdir(exist_ok=True)
+            return
+        sidecar.mkdir(parents=True, exist_ok=True)
+        note = sidecar / "FACESET"
+        if not note.is_file():
+            atomic_write_text(note, f"{root.resolve()}\n")
+    except OSError as exc:
+        hint = (
+            "; give --index-dir DIR (or set TORCHSAE_INDEX_DIR) to keep the index outside a read-only faceset"
+            if sidecar.parent == root
+            else ""
+        )
+        raise SideIndexError(
+            f"{sidecar}: cannot create the side index folder ({exc.strerror}){hint}"
+        ) from exc
 
 
 @contextlib.contextmanager
-def build_lock(root: str | Path) -> Iterator[None]:
+def build_lock(root: str | Path, index_root: str | Path | None = None) -> Iterator[None]:
     """Exclusive per-faceset lock; under torchrun one rank per node builds while the others block here."""
-    sidecar = Path(root) / SIDECAR
+    sidecar = sidecar_dir(root, index_root)
+    _make_sidecar(Path(root), sidecar)
     try:
-        sidecar.mkdir(exist_ok=True)
         handle = open(sidecar / "lock", "a+b")  # noqa: SIM115 - held for the with-block
     except OSError as exc:
-        raise SideIndexError(f"{sidecar}: cannot create the side index folder ({exc.strerror})") from exc
+        raise SideIndexError(
+            f"{sidecar}: cannot open the index lock file ({exc.strerror}); an out-of-date index in a "
+            "read-only faceset needs --index-dir DIR (or TORCHSAE_INDEX_DIR)"
+        ) from exc
     with handle:
         fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
         try:
@@ -161,12 +213,16 @@ def _check_args(root: Path, resolution: int, policy: str, face_type: str | None)
 
 
 def load_index(
-    root: str | Path, resolution: int, policy: str = "xseg", face_type: str | None = None
+    root: str | Path,
+    resolution: int,
+    policy: str = "xseg",
+    face_type: str | None = None,
+    index_root: str | Path | None = None,
 ) -> FacesetIndex:
     """Load the live generation; raise SideIndexError if there is none (run ``torchsae index``)."""
     root = Path(root)
     face_type = short_face_type(face_type)
-    family = index_dir(root, resolution, policy, face_type)
+    family = index_dir(root, resolution, policy, face_type, index_root)
     try:
         generation = family / (family / "CURRENT").read_text().strip()
         manifest = json.loads((generation / "manifest.json").read_text())
@@ -207,9 +263,11 @@ def load_index(
     )
 
 
-def _try_load(root: Path, resolution: int, policy: str, face_type: str | None) -> FacesetIndex | None:
+def _try_load(
+    root: Path, resolution: int, policy: str, face_type: str | None, index_root: str | Path | None = None
+) -> FacesetIndex | None:
     try:
-        return load_index(root, resolution, policy, face_type)
+        return load_index(root, resolution, policy, face_type, index_root)
     except SideIndexError:
         return None
 
@@ -238,11 +296,16 @@ def _unchanged(old: dict, stat: os.stat_result, path: Path, verify: bool) -> boo
 
 
 def is_stale(
-    root: str | Path, resolution: int, policy: str, verify: bool = False, face_type: str | None = None
+    root: str | Path,
+    resolution: int,
+    policy: str,
+    verify: bool = False,
+    face_type: str | None = None,
+    index_root: str | Path | None = None,
 ) -> bool:
     """Whether the faceset changed since the live index was built (or there is none)."""
     root = Path(root)
-    current = _try_load(root, resolution, policy, face_type)
+    current = _try_load(root, resolution, policy, face_type, index_root)
     if current is None:
         return True
     known = {e["name"]: e for e in current.entries} | {s["name"]: s for s in current.skipped}
@@ -267,7 +330,12 @@ def _run_jobs(
 
     # face_type is passed only when set, so process_file keeps its 3-argument call for plain indexes
     extra = () if face_type is None else (face_type,)
-    bar = tqdm(total=len(paths), desc="indexing", unit="file", disable=not progress or not paths)
+    import sys
+
+    interactive = progress and sys.stderr.isatty()  # a bar on a terminal, one plain line in a log file
+    if progress and paths and not interactive:
+        print(f"indexing {len(paths)} files of {Path(paths[0]).parent}", file=sys.stderr, flush=True)
+    bar = tqdm(total=len(paths), desc="indexing", unit="file", disable=not interactive or not paths)
     results: list = []
     if workers <= 1 or len(paths) < 32:
         for path in paths:
@@ -377,8 +445,9 @@ def _build_locked(
     workers: int,
     progress: bool,
     verify: bool,
+    index_root: str | Path | None = None,
 ) -> BuildReport:
-    old = _try_load(root, resolution, policy, face_type)
+    old = _try_load(root, resolution, policy, face_type, index_root)
     old_entries = {} if old is None else {e["name"]: i for i, e in enumerate(old.entries)}
     old_skipped = {} if old is None else {s["name"]: s for s in old.skipped}
     files = _scan(root)
@@ -412,13 +481,13 @@ def _build_locked(
         elif name in reused:
             old_index, row = reused[name]
             rows.append((old_index.entries[row], reused[name]))
-    family = index_dir(root, resolution, policy, face_type)
+    family = index_dir(root, resolution, policy, face_type, index_root)
     bad = [skipped[n] for n in sorted(skipped)]
     generation = _write_generation(family, resolution, policy, face_type, rows, bad)
     atomic_write_text(family / "CURRENT", generation.name + "\n")
     _remove_old(family, generation)
     report = BuildReport(
-        load_index(root, resolution, policy, face_type), processed=len(todo), reused=len(reused)
+        load_index(root, resolution, policy, face_type, index_root), processed=len(todo), reused=len(reused)
     )
     return report
 
@@ -431,20 +500,30 @@ def build_index(
     progress: bool = True,
     verify: bool = False,
     face_type: str | None = None,
+    index_root: str | Path | None = None,
 ) -> BuildReport:
     """Bring the side index up to date under the lock (a no-op that keeps the live generation when
     nothing changed) and report what was done. ``workers`` defaults to every core. ``face_type`` is
-    the model's (``ModelConfig.face_type``): files of another face type are re-cropped to it."""
+    the model's (``ModelConfig.face_type``): files of another face type are re-cropped to it.
+    ``index_root`` moves the index out of the faceset (see ``sidecar_dir``); the faceset is only read."""
     root = Path(root)
     _check_args(root, resolution, policy, face_type)
     face_type = short_face_type(face_type)
     workers = workers if workers is not None else (os.cpu_count() or 1)
-    with build_lock(root):
-        return _build_locked(root, resolution, policy, face_type, workers, progress, verify)
+    with contextlib.ExitStack() as stack:
+        try:
+            stack.enter_context(build_lock(root, index_root))
+        except SideIndexError:
+            # a read-only faceset whose owner built an up-to-date index: use it as it is
+            current = _try_load(root, resolution, policy, face_type, index_root)
+            if current is not None and not is_stale(root, resolution, policy, verify, face_type, index_root):
+                return BuildReport(current, processed=0, reused=len(current))
+            raise
+        return _build_locked(root, resolution, policy, face_type, workers, progress, verify, index_root)
 
 
 def ensure_index(root: str | Path, resolution: int, policy: str = "xseg", **options) -> FacesetIndex:
     """The up-to-date index, built first where the faceset changed; safe to call from every rank (the
     first rank on a node builds under the lock, the others wait and then find nothing to do).
-    ``options`` are build_index's ``workers``, ``progress``, ``verify`` and ``face_type``."""
+    ``options`` are build_index's ``workers``, ``progress``, ``verify``, ``face_type`` and ``index_root``."""
     return build_index(root, resolution, policy, **options).index

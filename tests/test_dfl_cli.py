@@ -20,7 +20,17 @@ from torchsae.dfl.meta import load_meta
 FIXTURES = Path(__file__).parent / "fixtures" / "dfl"
 MANIFEST = json.loads((FIXTURES / "manifest.json").read_text())
 XSEG_FILE = "dfl_wf_01_xseg256_binary.jpg"
-KEYS = {"file", "has_metadata", "face_type", "has_xseg", "xseg_shape", "landmarks", "error"}
+KEYS = {
+    "file",
+    "has_metadata",
+    "face_type",
+    "has_xseg",
+    "xseg_shape",
+    "xseg_polygons",
+    "polygons_not_applied",
+    "landmarks",
+    "error",
+}
 
 
 def _run(*args: str):
@@ -29,7 +39,7 @@ def _run(*args: str):
 
 def test_inspect_json_reports_every_fixture() -> None:
     result = _run("inspect", "--json", FIXTURES)
-    assert result.exit_code == 0, result.output
+    assert result.exit_code == 1, result.output  # plain_09_no_metadata.jpg is no DeepFaceLab face
     rows = {Path(row["file"]).name: row for row in json.loads(result.output)}
     assert set(rows) == {e["file"] for e in MANIFEST["files"]}
     for entry in MANIFEST["files"]:
@@ -37,6 +47,9 @@ def test_inspect_json_reports_every_fixture() -> None:
         assert set(row) == KEYS and row["error"] is None
         assert row["has_metadata"] == entry["has_metadata"] and row["face_type"] == entry["face_type"]
         assert row["has_xseg"] == entry["has_xseg"]
+        polygons = entry.get("seg_ie_polys") or []
+        assert row["xseg_polygons"] == len(polygons)
+        assert row["polygons_not_applied"] == (bool(polygons) and not entry["has_xseg"])
         assert row["xseg_shape"] == (entry["xseg"]["decoded_shape"] if entry["xseg"] else None)
         if entry["has_metadata"]:
             np.testing.assert_array_equal(
@@ -80,8 +93,29 @@ def test_xseg_get_without_mask_fails_in_one_line(tmp_path: Path) -> None:
         main, ["xseg", "get", str(FIXTURES / "plain_09_no_metadata.jpg"), str(tmp_path / "m.npy")]
     )
     assert result.exit_code == 1
-    assert "has no XSeg mask" in result.output and "Traceback" not in result.output
+    assert "has no DeepFaceLab metadata" in result.output and "Traceback" not in result.output
     assert not (tmp_path / "m.npy").exists()
+    labelled = CliRunner().invoke(
+        main, ["xseg", "get", str(FIXTURES / "dfl_wf_07_noxseg_iepolys.jpg"), str(tmp_path / "m.npy")]
+    )
+    assert labelled.exit_code == 1
+    assert "has no XSeg mask (its XSeg polygons were never applied)" in labelled.output
+
+
+def test_inspect_totals_line_and_unapplied_polygons() -> None:
+    result = _run("inspect", FIXTURES)
+    assert result.exit_code == 1  # the plain JPEG without metadata is a problem
+    lines = result.stdout.splitlines()
+    assert lines[-1] == (
+        "total: 7 files, 4 with XSeg, 1 without DeepFaceLab metadata, 0 rejected, "
+        "1 with XSeg polygons never applied"
+    )
+    row = next(line for line in lines if "dfl_wf_07_noxseg_iepolys.jpg" in line)
+    assert "2 XSeg polygons never applied" in row
+    plain = next(line for line in lines if "plain_09_no_metadata.jpg" in line)
+    assert "no DeepFaceLab metadata" in plain
+    assert "1 have no DeepFaceLab metadata" in result.stderr
+    assert _run("inspect", FIXTURES / XSEG_FILE).exit_code == 0
 
 
 @pytest.mark.parametrize("kind", ["png", "npy"])

@@ -66,7 +66,7 @@ def test_two_ranks_train_identical_weights_on_different_samples(tmp_path: Path, 
     # per-rank states in the one checkpoint, written by rank 0 only
     assert set(state["rng"]) == {0, 1} and set(state["data"]) == {0, 1}
     assert not torch.equal(state["rng"][0]["torch"], state["rng"][1]["torch"])
-    assert sorted(p.name for p in (run / "logs" / "previews").iterdir()) == ["step_00004.png"]
+    assert sorted(p.name for p in (run / "logs" / "previews").iterdir()) == ["step_00000004.png"]
     assert sorted(p.name for p in (run / "models").iterdir()) == [
         "config.yaml",
         "last.pth",

@@ -40,6 +40,8 @@ def test_training_resumes_from_the_imported_step(tmp_path: Path) -> None:
 
     text = _train(imported, faces, ITERATION + 2)
     assert f"Resuming from {imported} at step {ITERATION}" in text
+    assert "fresh import from DeepFaceLab" in text and "world size changed" not in text
+    assert f"Target step {ITERATION + 2} reached." in text
     models = tmp_path / "run" / "models"
     last = load_checkpoint(models / "last.pth")
     assert last["step"] == ITERATION + 2

@@ -26,31 +26,31 @@ def test_mask_overlay_formula() -> None:
 
 
 def test_grid_places_each_column_and_row() -> None:
-    n, res = 4, 128
-    columns = [torch.full((n, 3, res, res), c / 10.0) for c in range(7)]
+    n, res, k = 4, 128, len(pv.COLUMNS)
+    columns = [torch.full((n, 3, res, res), c / 10.0) for c in range(k)]
     columns[0][2, 1] = 1.0  # row 2 of column 0: green channel fully on
     grid = pv.compose_grid(columns)
     header = grid.shape[0] - n * res
-    assert grid.shape == (header + n * res, 7 * res, 3) and grid.dtype == np.uint8
+    assert grid.shape == (header + n * res, k * res, 3) and grid.dtype == np.uint8
     assert header >= 18
     body = grid[header:]
-    for c in range(7):
+    for c in range(k):
         expected = int(c / 10.0 * 255 + 0.5)
         cell = body[0:res, c * res : (c + 1) * res]
         assert (cell == expected).all(), c
     assert (body[2 * res : 3 * res, 0:res, 1] == 255).all()
     assert (body[2 * res : 3 * res, 0:res, 0] == 0).all()
     # the header holds dark label text over a white strip, somewhere above every column
-    for c in range(7):
+    for c in range(k):
         strip = grid[:header, c * res : (c + 1) * res]
         assert strip.min() < 128 and strip.max() == 255
 
 
 def test_small_cells_are_enlarged_pixel_for_pixel() -> None:
-    columns = [torch.rand(2, 3, 32, 32) for _ in range(7)]
+    columns = [torch.rand(2, 3, 32, 32) for _ in pv.COLUMNS]
     grid = pv.compose_grid(columns, min_cell=128)
     header = grid.shape[0] - 2 * 128
-    assert grid.shape[1] == 7 * 128
+    assert grid.shape[1] == len(pv.COLUMNS) * 128
     small = pv.compose_grid(columns, min_cell=0)
     assert np.array_equal(grid[header::4, ::4], small[small.shape[0] - 64 :])
 
@@ -67,7 +67,7 @@ def test_preview_columns_come_from_the_model() -> None:
     model.train()
     cols = pv.preview_columns(model, samples)
     assert model.training  # restored afterwards
-    assert len(cols) == len(pv.COLUMNS) == 7
+    assert len(cols) == len(pv.COLUMNS) == 9
     with torch.no_grad():
         out = model(samples["target_a"], samples["target_b"])
         swapped, _, _ = model.swap(samples["target_a"])
@@ -76,6 +76,22 @@ def test_preview_columns_come_from_the_model() -> None:
     assert torch.allclose(cols[2], out["pred_aa"], atol=1e-6)
     assert torch.allclose(cols[5], out["pred_bb"], atol=1e-6)
     assert torch.allclose(cols[6], swapped, atol=1e-5)  # the A->B column is the model's swap
+    # the predicted masks, overlaid on A like the dataset mask: A->A (pred_dst_dstm) and the swap's
+    assert torch.allclose(cols[7], pv.mask_overlay(samples["target_a"], out["pred_aa_mask"]), atol=1e-5)
+    assert torch.allclose(cols[8], pv.mask_overlay(samples["target_a"], out["swap_ab_mask"]), atol=1e-5)
+
+
+def test_columns_keep_the_seed_order_and_append_the_predicted_masks() -> None:
+    assert pv.COLUMNS[:7] == (
+        "A_original",
+        "A_xseg_mask_overlay",
+        "A_recon",
+        "B_original",
+        "B_xseg_mask_overlay",
+        "B_recon",
+        "A_to_B",
+    )
+    assert pv.COLUMNS[7:] == ("A_pred_mask", "A_to_B_mask")
 
 
 def test_loss_curve_draws_each_series(tmp_path: Path) -> None:
@@ -99,7 +115,14 @@ def test_loss_curve_draws_each_series(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(
-    ("step", "name"), [(0, "step_00000.png"), (500, "step_00500.png"), (123456, "step_123456.png")]
+    ("step", "name"),
+    [(0, "step_00000000.png"), (500, "step_00000500.png"), (123456, "step_00123456.png")],
 )
 def test_preview_names_sort_by_step(step: int, name: str) -> None:
     assert pv.preview_path(Path("logs/previews"), step) == Path("logs/previews") / name
+
+
+def test_preview_names_sort_past_99999_steps() -> None:
+    steps = [99_999, 100_000, 200_000, 5, 12_345_678]
+    names = [pv.preview_path(Path("p"), s).name for s in steps]
+    assert sorted(names) == [pv.preview_path(Path("p"), s).name for s in sorted(steps)]

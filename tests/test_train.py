@@ -79,9 +79,9 @@ def test_run_folder_outputs(tmp_path: Path, faceset) -> None:
     assert state["step"] == 6 and state["config"] == cfg.to_dict()
     assert set(state["rng"]) == {0} and set(state["data"]) == {0}
     previews = sorted(p.name for p in (logs / "previews").iterdir())
-    assert previews == ["step_00003.png", "step_00006.png"]
-    image = cv2.imread(str(logs / "previews" / "step_00006.png"))
-    assert image.shape[1] == 7 * 128 and image.shape[0] > 4 * 128  # 7 columns, 4 rows, header
+    assert previews == ["step_00000003.png", "step_00000006.png"]
+    image = cv2.imread(str(logs / "previews" / "step_00000006.png"))
+    assert image.shape[1] == 9 * 128 and image.shape[0] > 4 * 128  # 9 columns, 4 rows, header
     assert cv2.imread(str(logs / "loss.png")) is not None
     history = state["metrics"]["history"]
     assert [s for s, _ in history["loss_a"]] == [2, 4, 6] and all(v > 0 for _, v in history["loss_b"])

@@ -104,7 +104,7 @@ def test_contradicting_the_checkpoint_architecture_is_an_error(tmp_path: Path) -
 def test_cli_prints_one_line_errors(tmp_path: Path) -> None:
     result = CliRunner().invoke(train_cmd, ["--run-dir", str(tmp_path), "--resolution", "100"])
     assert result.exit_code == 1
-    assert "Error: resolution 100" in result.output and "Traceback" not in result.output
+    assert "Error: resolution (--resolution) 100" in result.output and "Traceback" not in result.output
 
 
 def test_amp_resolution_on_cpu() -> None:

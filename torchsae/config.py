@@ -28,6 +28,7 @@ MASK_POLICIES = ("xseg", "hull", "full", "require")
 BACKENDS = ("auto", "dali", "torch", "synthetic")
 AMP_MODES = ("none", "auto", "bf16", "fp16")
 OPTIMIZERS = ("adabelief", "rmsprop")
+PROGRESS_MODES = ("auto", "bar", "plain", "none")  # console progress: see torchsae.train.report
 EXPORT_LAYOUTS = ("torchsae", "dfm")
 # Opsets per layout. dfm: DeepFaceLive's release builds pin ONNX Runtime 1.11, which reads opsets up
 # to 16, and DeepFaceLab's own tf2onnx export is opset 12 (spec §6). torchsae: 17 or newer.
@@ -153,6 +154,7 @@ class DataConfig:
     data_dir_a: str | None = None
     data_dir_b: str | None = None
     pretrain_dir: str | None = None
+    index_dir: str | None = None  # None: TORCHSAE_INDEX_DIR, else each faceset's own .torchsae folder
     backend: str = "auto"
     workers: int = 2
     mask_policy: str = "xseg"
@@ -235,10 +237,13 @@ class TrainConfig:
     memory_budget: str | None = None
     grad_accum: int = 1
     device: str = "auto"
+    progress: str = "auto"  # auto: a bar on a terminal, plain log lines otherwise; bar; plain; none
 
     def validate(self) -> None:
         if self.amp not in AMP_MODES:
             raise ConfigError(f"amp {self.amp!r}: must be one of {', '.join(AMP_MODES)}")
+        if self.progress not in PROGRESS_MODES:
+            raise ConfigError(f"progress {self.progress!r}: must be one of {', '.join(PROGRESS_MODES)}")
         for name in (
             "batch_size",
             "max_steps",

@@ -38,6 +38,13 @@ from torchsae.config import FACE_TYPES, MASK_POLICIES, ModelConfig
     show_default=True,
     help="The model's face type (as train --face-type); files of another type are re-cropped to it.",
 )
+@click.option(
+    "--index-dir",
+    type=click.Path(file_okay=False),
+    default=None,
+    help="Keep the index here instead of DATA_DIR/.torchsae (read-only facesets); train needs the same "
+    "--index-dir. Default: $TORCHSAE_INDEX_DIR, else DATA_DIR/.torchsae.",
+)
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
 def index_cmd(
     data_dir: str,
@@ -46,12 +53,13 @@ def index_cmd(
     workers: int | None,
     verify: bool,
     face_type: str,
+    index_dir: str | None,
     quiet: bool,
 ) -> None:
     """Scan DATA_DIR and (re)build its side index of masks at RESOLUTION, incrementally.
 
-    Writes DATA_DIR/.torchsae/; the face images themselves are never modified. Files that cannot be
-    used are listed with the reason, and training never sees them.
+    Writes DATA_DIR/.torchsae/ (or a folder under --index-dir); the face images themselves are never
+    modified. Files that cannot be used are listed with the reason, and training never sees them.
     """
     from pipelines.index import build_index
 
@@ -63,6 +71,7 @@ def index_cmd(
         progress=not quiet,
         verify=verify,
         face_type=face_type,
+        index_root=index_dir,
     )
     for skipped in report.index.skipped[:20]:
         click.echo(f"  skipped {skipped['name']}: {skipped['reason']}", err=True)

@@ -37,19 +37,28 @@ def _expand(paths: tuple[Path, ...]) -> list[Path]:
 
 
 def inspect_file(path: Path) -> dict[str, Any]:
-    """One report row: {file, has_metadata, face_type, has_xseg, xseg_shape, landmarks, error}."""
+    """One report row: {file, has_metadata, face_type, has_xseg, xseg_shape, xseg_polygons,
+    polygons_not_applied, landmarks, error}.
+
+    ``xseg_polygons`` counts the XSeg editor's polygons (``seg_ie_polys``); ``polygons_not_applied``
+    is true when a face has polygons but no applied XSeg mask (labelled, never trained/applied), so
+    training would fall back to the landmark hull for it.
+    """
     row: dict[str, Any] = {
         "file": str(path),
         "has_metadata": False,
         "face_type": None,
         "has_xseg": False,
         "xseg_shape": None,
+        "xseg_polygons": 0,
+        "polygons_not_applied": False,
         "landmarks": None,
         "error": None,
     }
     try:
         meta = load_meta(path)
         mask = meta.xseg_mask()
+        polygons = len(meta.ie_polys())
     except TorchSAEError as exc:
         row["error"] = str(exc)
         return row
@@ -57,8 +66,29 @@ def inspect_file(path: Path) -> dict[str, Any]:
     row["face_type"] = meta.face_type  # as stored; DeepFaceLab assumes full_face when it is missing
     row["has_xseg"] = mask is not None
     row["xseg_shape"] = list(mask.shape) if mask is not None else None
+    row["xseg_polygons"] = polygons
+    row["polygons_not_applied"] = polygons > 0 and mask is None
     row["landmarks"] = meta.landmarks.tolist() if meta.landmarks is not None else None
     return row
+
+
+def inspect_totals(rows: list[dict[str, Any]]) -> dict[str, int]:
+    """Counts for the closing line: files, with XSeg, without metadata, rejected, polygons not applied."""
+    return {
+        "files": len(rows),
+        "with_xseg": sum(1 for r in rows if r["has_xseg"]),
+        "without_metadata": sum(1 for r in rows if not r["error"] and not r["has_metadata"]),
+        "rejected": sum(1 for r in rows if r["error"]),
+        "polygons_not_applied": sum(1 for r in rows if r["polygons_not_applied"]),
+    }
+
+
+def totals_line(totals: dict[str, int]) -> str:
+    return (
+        f"total: {totals['files']} files, {totals['with_xseg']} with XSeg, "
+        f"{totals['without_metadata']} without DeepFaceLab metadata, {totals['rejected']} rejected, "
+        f"{totals['polygons_not_applied']} with XSeg polygons never applied"
+    )
 
 
 def _table(rows: list[dict[str, Any]]) -> str:
@@ -70,7 +100,14 @@ def _table(rows: list[dict[str, Any]]) -> str:
             lines.append((row["file"], "REJECTED", "-", "-", row["error"]))
             continue
         xseg = "x".join(map(str, row["xseg_shape"][:2])) if row["has_xseg"] else "-"
-        notes = f"{len(row['landmarks'])} landmarks" if row["landmarks"] else "no landmarks"
+        if not row["has_metadata"]:
+            notes = "no DeepFaceLab metadata: not an aligned face (training skips it)"
+        else:
+            notes = f"{len(row['landmarks'])} landmarks" if row["landmarks"] else "no landmarks"
+        if row["polygons_not_applied"]:
+            notes += f"; {row['xseg_polygons']} XSeg polygons never applied (the hull is used)"
+        elif row["xseg_polygons"]:
+            notes += f"; {row['xseg_polygons']} XSeg polygons"
         lines.append(
             (row["file"], "yes" if row["has_metadata"] else "no", row["face_type"] or "-", xseg, notes)
         )
@@ -83,20 +120,26 @@ def _table(rows: list[dict[str, Any]]) -> str:
 @click.argument("files", nargs=-1, required=True, type=click.Path(path_type=Path))
 @click.option("--json", "as_json", is_flag=True, help="One JSON list of per-file objects instead of a table.")
 def inspect_cmd(files: tuple[Path, ...], as_json: bool) -> None:
-    """Show the DeepFaceLab metadata of face JPEGs (files or folders of them).
+    """Show the DeepFaceLab metadata of face JPEGs (files or folders of them), then a totals line.
 
-    Exits 0 when every file was read and 1 when any was rejected; rejected files are still listed,
-    with the reason.
+    Exits 0 when every file is a readable DeepFaceLab face and 1 when any was rejected or has no
+    DeepFaceLab metadata (training skips both); those files are still listed, with the reason. Faces
+    whose XSeg polygons were labelled but never applied are flagged (training uses their hull).
     """
     paths = _expand(files)
     if not paths:
         raise click.UsageError("no JPEG files found in the given folder(s)")
     rows = [inspect_file(path) for path in paths]
-    click.echo(json.dumps(rows, indent=2) if as_json else _table(rows))
-    failed = sum(1 for row in rows if row["error"])
-    if failed:
+    totals = inspect_totals(rows)
+    click.echo(json.dumps(rows, indent=2) if as_json else _table(rows) + "\n" + totals_line(totals))
+    problems = totals["rejected"] + totals["without_metadata"]
+    if problems:
         if not as_json:
-            click.echo(f"{failed} of {len(rows)} file(s) could not be read", err=True)
+            click.echo(
+                f"{problems} of {len(rows)} file(s) unusable: {totals['rejected']} could not be read, "
+                f"{totals['without_metadata']} have no DeepFaceLab metadata",
+                err=True,
+            )
         raise SystemExit(1)
 
 
@@ -113,9 +156,15 @@ def xseg_get(file: Path, out: Path) -> None:
     suffix = out.suffix.lower()
     if suffix not in (".npy", ".png"):
         raise TorchSAEError(f"{out}: output must end in .npy or .png")
-    mask = load_meta(file).xseg_mask()
+    meta = load_meta(file)
+    if not meta.has_metadata:
+        raise DFLFormatError(
+            f"{file}: has no DeepFaceLab metadata (a plain JPEG, not an aligned face), so no XSeg mask"
+        )
+    mask = meta.xseg_mask()
     if mask is None:
-        raise DFLFormatError(f"{file}: has no XSeg mask")
+        hint = " (its XSeg polygons were never applied)" if meta.seg_ie_polys else ""
+        raise DFLFormatError(f"{file}: has no XSeg mask{hint}")
     if suffix == ".npy":
         buffer = io.BytesIO()
         np.save(buffer, mask, allow_pickle=False)

@@ -1,8 +1,9 @@
-"""``torchsae info model``: parameter counts and fp32 size of a SAEHD configuration.
+"""``torchsae info model``: parameter counts and fp32 size of a SAEHD configuration;
+``torchsae info checkpoint FILE|RUN_DIR``: what a checkpoint holds and which ones a run folder keeps.
 
 Why a command: choosing archi, resolution and dims is a memory trade-off (LIAE's inters grow with
 res²), and users want the numbers before they start a run. Counting uses the meta device, so it is
-instant and allocates nothing even for the largest models.
+instant and allocates nothing even for the largest models. A checkpoint is memory-mapped, not read.
 """
 
 from __future__ import annotations
@@ -91,7 +92,7 @@ def format_table(info: dict) -> str:
 
 @click.group("info")
 def info() -> None:
-    """Information about models (sizes, parameter counts)."""
+    """Information about models (sizes, parameter counts) and checkpoints."""
 
 
 @info.command("model")
@@ -127,4 +128,26 @@ def model_cmd(
     }
     cfg = build_model_config(int(model_size) if model_size else None, archi, resolution, dims)
     result = model_info(cfg)
+    if not as_json:
+        from torchsae.train.report import model_size_note
+
+        note = model_size_note(int(model_size) if model_size else None, cfg)
+        if note:
+            click.echo(note, err=True)
     click.echo(json.dumps(result, indent=2) if as_json else format_table(result))
+
+
+@info.command("checkpoint")
+@click.argument("target", type=click.Path(exists=True))
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")
+def checkpoint_cmd(target: str, as_json: bool) -> None:
+    """Step, config summary, last losses and format version of a checkpoint.
+
+    TARGET is a .pth file or a run folder (its models/last.pth); for a run folder (or a file inside
+    models/) it also lists last.pth, the retained copies models/step_XXXXXXXX.pth and the snapshots
+    models/snapshots/step_XXXXXXXX.pth.
+    """
+    from torchsae.train.runinfo import checkpoint_info, format_checkpoint_info
+
+    result = checkpoint_info(target)
+    click.echo(json.dumps(result, indent=2) if as_json else format_checkpoint_info(result))

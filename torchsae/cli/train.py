@@ -11,13 +11,22 @@ DeepFaceLab's ``random_dst_flip`` (default on), ``--random-flip-b`` its ``random
 
 from __future__ import annotations
 
+import re
 import sys
 from pathlib import Path
 
 import click
 
 from torchsae.cli import MODEL_DIMS_OPTIONS
-from torchsae.config import AMP_MODES, BACKENDS, CT_MODES, FACE_TYPES, MASK_POLICIES, OPTIMIZERS
+from torchsae.config import (
+    AMP_MODES,
+    BACKENDS,
+    CT_MODES,
+    FACE_TYPES,
+    MASK_POLICIES,
+    OPTIMIZERS,
+    PROGRESS_MODES,
+)
 from torchsae.errors import TorchSAEError
 
 # option name (click's python name) -> (config section, config key)
@@ -34,6 +43,7 @@ OPTION_MAP: dict[str, tuple[str, str]] = {
     "ct_mode": ("data", "ct_mode"),
     "uniform_yaw": ("data", "uniform_yaw"),
     "pretrain_dir": ("data", "pretrain_dir"),
+    "index_dir": ("data", "index_dir"),
     "archi": ("model", "archi"),
     "resolution": ("model", "resolution"),
     "face_type": ("model", "face_type"),
@@ -69,6 +79,7 @@ OPTION_MAP: dict[str, tuple[str, str]] = {
     "memory_budget": ("train", "memory_budget"),
     "compile": ("train", "compile"),
     "pretrain": ("train", "pretrain"),
+    "progress": ("train", "progress"),
 }
 
 
@@ -109,6 +120,13 @@ TRAIN_OPTIONS = [
     click.option("--preview-interval", type=int),
     click.option("--save-interval", type=int),
     click.option("--log-interval", type=int),
+    click.option(
+        "--progress",
+        type=click.Choice(PROGRESS_MODES),
+        help="Console progress: bar (tqdm), plain (one log line per --log-interval: time, step, ms/step, "
+        "samples/s, loss A, loss B, ETA), none; auto (default): the bar on a terminal, plain lines when "
+        "stderr is a file or pipe (TORCHSAE_NO_PROGRESS=1 also means no bar).",
+    ),
     click.option("--keep", type=int, help="Numbered checkpoint copies to keep besides last.pth."),
     click.option(
         "--amp",
@@ -148,6 +166,12 @@ TRAIN_OPTIONS = [
         type=click.Path(file_okay=False),
         help="Generic faces for --pretrain (both sides; DFL's pretraining_data_path).",
     ),
+    click.option(
+        "--index-dir",
+        type=click.Path(file_okay=False),
+        help="Keep the facesets' side indexes here instead of in each faceset's .torchsae folder "
+        "(read-only facesets); default: $TORCHSAE_INDEX_DIR, else beside the faces.",
+    ),
     click.option("--backend", type=click.Choice(BACKENDS)),
     click.option("--workers", type=int, help="Data-loading worker processes per rank."),
     click.option("--grad-accum", type=int),
@@ -169,6 +193,24 @@ def train_options(func):
     return func
 
 
+def name_flags(message: str) -> str:
+    """Add the command-line flag to each config key a message names: ``batch_size must be >= 1`` ->
+    ``batch_size (--batch-size) must be >= 1``; ``data.data_dir_a is not set`` -> ``data.data_dir_a
+    (--data-dir-a) is not set``. Qualified keys are matched anywhere, bare ones only where a message
+    (or a ``path: `` prefix) starts with them; a flag the message already names is not repeated."""
+    for name, (section, key) in OPTION_MAP.items():
+        flag = "--" + name.replace("_", "-")
+        if re.search(re.escape(flag) + r"(?![\w-])", message):
+            continue
+        qualified = re.compile(rf"(?<![\w.]){section}\.{key}\b(?! \(--)")
+        if qualified.search(message):
+            message = qualified.sub(lambda m, flag=flag: f"{m.group(0)} ({flag})", message, count=1)
+            continue
+        bare = re.compile(rf"^((?:\S+: )?){key}\b(?![.(])(?! \(--)")
+        message = bare.sub(lambda m, key=key, flag=flag: f"{m.group(1)}{key} ({flag})", message, count=1)
+    return message
+
+
 def flags_to_overrides(options: dict) -> dict[str, dict]:
     """``{section: {key: value}}`` for the options actually given (None means not given)."""
     overrides: dict[str, dict] = {}
@@ -188,6 +230,7 @@ def train_cmd(config_file: str | None, resume: str | None, model_size: str | Non
     Single process:   torchsae train --data-dir-a data/A --data-dir-b data/B --model-size 256 --amp
     Several GPUs:     torchrun --nproc_per_node=4 launch/train.py --data-dir-a ... (same options)
     """
+    from torchsae.train.report import model_size_note
     from torchsae.train.runconfig import resolve_run_config
     from torchsae.train.trainer import train
 
@@ -198,12 +241,22 @@ def train_cmd(config_file: str | None, resume: str | None, model_size: str | Non
             model_size=int(model_size) if model_size else None,
             resume=resume,
         )
+        note = model_size_note(int(model_size) if model_size else None, config.model)
+        if note and _is_main_process():
+            click.echo(note)
         train(config, resume=checkpoint)
     except TorchSAEError as exc:
-        raise click.ClickException(str(exc)) from exc
+        raise click.ClickException(name_flags(str(exc))) from exc
     except KeyboardInterrupt:
         click.echo("Interrupted: stopped without saving.", err=True)
         sys.exit(130)
+
+
+def _is_main_process() -> bool:
+    """Rank 0 of a torchrun job (or a plain process): the one that prints notes."""
+    import os
+
+    return os.environ.get("RANK", "0") == "0"
 
 
 def main_entry(argv: list[str] | None = None, prog_name: str | None = None) -> None:

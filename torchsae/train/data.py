@@ -41,7 +41,12 @@ def make_preview_samples(cfg: Config, count: int, device: torch.device) -> dict[
     out = {}
     for side, folder in (("a", cfg.data.data_dir_a), ("b", cfg.data.data_dir_b)):
         index = ensure_index(
-            folder, resolution, cfg.data.mask_policy, progress=False, face_type=cfg.model.face_type
+            folder,
+            resolution,
+            cfg.data.mask_policy,
+            progress=False,
+            face_type=cfg.model.face_type,
+            index_root=cfg.data.index_dir,
         )
         rows = np.unique(np.linspace(0, len(index) - 1, num=count).round().astype(np.int64))
         paths = index.paths

@@ -3,6 +3,10 @@
 Why the loop hands in plain floats at log intervals only: reading a CUDA loss with ``.item()`` waits
 for the GPU. The loop keeps running sums on the device and converts them once per ``log_interval``;
 between intervals the progress bar only counts steps, which costs no synchronisation.
+
+Console progress (``train.progress``, ``--progress``): ``bar`` (tqdm), ``plain`` (one whole line per
+log interval, for logs that are files: docker logs, nohup, SLURM), ``none``; ``auto`` picks the bar
+when stderr is a terminal (see ``torchsae.train.report.resolve_progress``).
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ import torch
 from tqdm import tqdm
 
 from torchsae.errors import ConfigError
+from torchsae.train.report import plain_line, resolve_progress
 
 
 def memory_mb(device: torch.device) -> float:
@@ -41,9 +46,15 @@ class TrainLogger:
         samples_per_step: int,
         use_wandb: bool = False,
         config: dict[str, Any] | None = None,
+        progress: str = "auto",
+        elapsed_before: float = 0.0,
     ) -> None:
         self.enabled = enabled
         self.samples_per_step = samples_per_step
+        self.max_steps = max_steps
+        self.progress = resolve_progress(progress, sys.stderr)
+        self._elapsed_before = float(elapsed_before)
+        self._started = time.perf_counter()
         self._last_time = time.perf_counter()
         self._last_step = start_step
         self._tb = None
@@ -56,14 +67,10 @@ class TrainLogger:
         self._tb = SummaryWriter(log_dir=str(logs_dir / "tensorboard"), purge_step=start_step + 1)
         if use_wandb:
             self._wandb = _start_wandb(logs_dir, config or {})
-        self._bar = tqdm(
-            total=max_steps,
-            initial=start_step,
-            unit="step",
-            dynamic_ncols=True,
-            file=sys.stderr,
-            disable=os.environ.get("TORCHSAE_NO_PROGRESS") == "1",
-        )
+        if self.progress == "bar" and start_step < max_steps:  # no empty bar for a finished run
+            self._bar = tqdm(
+                total=max_steps, initial=start_step, unit="step", dynamic_ncols=True, file=sys.stderr
+            )
 
     def step(self) -> None:
         """One finished step: advance the bar (no device synchronisation)."""
@@ -78,8 +85,13 @@ class TrainLogger:
         self._last_time, self._last_step = now, step
         return steps / elapsed, steps * self.samples_per_step / elapsed
 
+    def elapsed_s(self) -> float:
+        """Training seconds of the run: earlier sessions (from the checkpoint) plus this one."""
+        return self._elapsed_before + time.perf_counter() - self._started
+
     def scalars(self, step: int, values: dict[str, float]) -> None:
-        """Write scalars to TensorBoard (and wandb) and show the headline ones on the bar."""
+        """Write scalars to TensorBoard (and wandb) and show the headline ones on the bar, or as one
+        plain line (``progress == "plain"``)."""
         if not self.enabled:
             return
         for name, value in values.items():
@@ -92,7 +104,18 @@ class TrainLogger:
                 postfix[label] = f"{values[key]:.4f}"
         if "perf/samples_per_s" in values:
             postfix["samples/s"] = f"{values['perf/samples_per_s']:.1f}"
-        self._bar.set_postfix(postfix, refresh=False)
+        if self._bar is not None:
+            self._bar.set_postfix(postfix, refresh=False)
+        elif self.progress == "plain":
+            line = plain_line(
+                step,
+                self.max_steps,
+                values.get("perf/steps_per_s", 0.0),
+                values.get("perf/samples_per_s", 0.0),
+                values.get("loss/a"),
+                values.get("loss/b"),
+            )
+            print(line, file=sys.stderr, flush=True)
 
     def image(self, step: int, tag: str, bgr: np.ndarray) -> None:
         """An HxWx3 uint8 BGR image to TensorBoard (as RGB) and wandb."""
@@ -107,8 +130,12 @@ class TrainLogger:
 
     def message(self, text: str) -> None:
         """A line that does not break the progress bar."""
-        if self.enabled:
+        if not self.enabled:
+            return
+        if self._bar is not None:
             tqdm.write(text, file=sys.stderr)
+        else:
+            print(text, file=sys.stderr, flush=True)
 
     def flush(self) -> None:
         if self._tb is not None:

@@ -2,7 +2,10 @@
 
 Why these columns: they answer the questions one asks while training, left to right: is the mask
 right (overlay), does each side reconstruct itself (A→A, B→B), and what does the swap look like (A→B,
-DeepFaceLab's ``pred_src_dst``). Rows are a fixed set of unwarped targets chosen at the start, so
+DeepFaceLab's ``pred_src_dst``). The last two columns overlay the masks the model *predicts* on A: its
+A→A mask (DeepFaceLab's ``pred_dst_dstm``) and the swap's mask (``pred_src_dstm``), the two masks a
+``.dfm`` outputs; comparing them with the dataset mask of column 2 shows how far the mask heads have
+learnt. Rows are a fixed set of unwarped targets chosen at the start, so
 successive previews are comparable (spec §8). Images stay BGR until the PNG, as in DeepFaceLab.
 """
 
@@ -26,6 +29,8 @@ COLUMNS = (
     "B_xseg_mask_overlay",
     "B_recon",
     "A_to_B",
+    "A_pred_mask",
+    "A_to_B_mask",
 )
 MIN_ROWS = 4
 _OVERLAY_BGR = torch.tensor([0.0, 0.0, 1.0]).view(1, 3, 1, 1)  # red, shown where the mask is on
@@ -40,7 +45,7 @@ def mask_overlay(image: torch.Tensor, mask: torch.Tensor, alpha: float = 0.5) ->
 
 @torch.no_grad()
 def preview_columns(model: torch.nn.Module, samples: Mapping[str, torch.Tensor]) -> list[torch.Tensor]:
-    """Run ``model`` on the unwarped targets and return the seven columns, each (N,3,H,W) on the CPU.
+    """Run ``model`` on the unwarped targets and return the ``COLUMNS``, each (N,3,H,W) on the CPU.
 
     ``samples`` holds ``target_a, mask_a, target_b, mask_b`` (masks are the dataset's XSeg/hull masks).
     """
@@ -59,6 +64,8 @@ def preview_columns(model: torch.nn.Module, samples: Mapping[str, torch.Tensor])
         mask_overlay(b, samples["mask_b"].float()),
         out["pred_bb"].float(),
         out["swap_ab"].float(),
+        mask_overlay(a, out["pred_aa_mask"].float()),
+        mask_overlay(a, out["swap_ab_mask"].float()),
     ]
     return [c.detach().clamp(0, 1).cpu() for c in columns]
 
@@ -89,7 +96,7 @@ def compose_grid(
     if len(columns) != len(labels):
         raise ValueError(f"{len(columns)} columns but {len(labels)} labels")
     rows = [torch.cat(list(row), dim=2) for row in zip(*[c.unbind(0) for c in columns], strict=True)]
-    body = torch.cat(rows, dim=1)  # (3, N*H, 7*W)
+    body = torch.cat(rows, dim=1)  # (3, N*H, columns*W)
     image = (body.permute(1, 2, 0).numpy() * 255.0 + 0.5).astype(np.uint8)
     cell = columns[0].shape[-1]
     factor = max(1, math.ceil(min_cell / cell))
@@ -144,8 +151,9 @@ def loss_curve_image(
 
 
 def preview_path(previews_dir: Path, step: int) -> Path:
-    """``logs/previews/step_XXXXX.png`` (at least five digits, so names sort by step)."""
-    return Path(previews_dir) / f"step_{step:05d}.png"
+    """``logs/previews/step_XXXXXXXX.png`` (at least eight digits, as the checkpoints' copies, so names
+    sort by step up to 99,999,999)."""
+    return Path(previews_dir) / f"step_{step:08d}.png"
 
 
 def write_png(path: Path, bgr: np.ndarray) -> None:

@@ -21,7 +21,6 @@ import hashlib
 import json
 import os
 import random
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -49,6 +48,7 @@ from torchsae.train.logging import TrainLogger, memory_mb
 from torchsae.train.memory import apply_checkpointing, plan_for_run
 from torchsae.train.precision import resolve_amp
 from torchsae.train.pretrain import leave_pretrain, leaving_pretrain, pretrain_view
+from torchsae.train.report import RunReport, stream_restart_note
 from torchsae.train.signals import StopRequest
 from torchsae.train.speed import enable_tf32, maybe_compile, use_channels_last
 
@@ -123,6 +123,7 @@ def _train(cfg: Config, resume: Path | None, info: DistInfo, stop: StopRequest) 
     models_dir, logs_dir = run_dir / "models", run_dir / "logs"
     lr_dropout = effective_lr_dropout(cfg.optim, cfg.train.pretrain)
     say = print if info.is_main else (lambda *a, **k: None)
+    run_report = RunReport(cfg, enabled=info.is_main)  # start and closing summaries (rank 0)
     data_cfg = pretrain_view(cfg)  # pretraining: one generic faceset, DFL's forced augmentation
     # --memory-budget (on a GPU default: its free memory): micro-batch, accumulation, checkpointing, AMP
     plan = plan_for_run(data_cfg, info)
@@ -174,19 +175,23 @@ def _train(cfg: Config, resume: Path | None, info: DistInfo, stop: StopRequest) 
         if data_state is not None:
             data.load_state_dict(data_state)
         if (rng_state is None or data_state is None) and not left_pretrain:
-            say(
-                f"{resume}: no RNG/data state for rank {info.rank} (world size changed?); the stream restarts"
-            )
+            say(stream_restart_note(resume, state, info.rank))
         say(f"Resuming from {resume} at step {step}")
     if info.is_main:
         models_dir.mkdir(parents=True, exist_ok=True)
         ckpt.remove_stale_temp_files(models_dir)
         dump_config(cfg, models_dir / "config.yaml")
     global_batch = cfg.train.batch_size * info.world_size * cfg.train.grad_accum
-    say(
-        f"Training {cfg.model.archi} {cfg.model.resolution}px on {device} x{info.world_size}: "
-        f"batch {cfg.train.batch_size} per rank per side, global batch {global_batch} per side"
-        + (f", amp {amp_dtype}" if amp_dtype is not None else "")
+    run_report.start(
+        model=model,
+        discriminators=discs,
+        world_size=info.world_size,
+        device=device,
+        plan=plan,
+        amp_dtype=amp_dtype,
+        data=data,
+        step=step,
+        resume=resume,
     )
 
     ddp_model = (
@@ -214,6 +219,8 @@ def _train(cfg: Config, resume: Path | None, info: DistInfo, stop: StopRequest) 
         samples_per_step=2 * global_batch,
         use_wandb=cfg.train.wandb,
         config=cfg.to_dict(),
+        progress=cfg.train.progress,
+        elapsed_before=float(metrics.get("elapsed_s") or 0.0),
     )
     sums: dict[str, torch.Tensor] = {}
     sums_count = 0
@@ -334,6 +341,7 @@ def _train(cfg: Config, resume: Path | None, info: DistInfo, stop: StopRequest) 
     if saved_step != step:
         save_now()
     logger.close()
+    run_report.finish(step, stopped, last_path)
     data.close()
     _test_probe_hook(model, info.rank, drawn)
     return TrainResult(step, int(metrics["skipped_steps"]), last_path, stopped)
@@ -388,9 +396,10 @@ def _log(logger, info, step, sums, count, lr, grad_norm, metrics, device) -> Non
             "perf/steps_per_s": steps_s,
             "perf/samples_per_s": samples_s,
             "perf/memory_mb": memory_mb(device),
-            "perf/time": time.time(),
+            "perf/elapsed_s": logger.elapsed_s(),  # training seconds of the run, resumes included
         }
     )
+    metrics["elapsed_s"] = out["perf/elapsed_s"]
     for side in ("a", "b"):
         if f"loss/{side}" in out:
             metrics["history"][f"loss_{side}"].append([step, out[f"loss/{side}"]])
