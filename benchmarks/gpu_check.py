@@ -88,7 +88,7 @@ import tempfile
 import time
 import traceback
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -707,7 +707,7 @@ def _status(row: dict) -> str:
 
 
 class StageAbort(Exception):
-    """The stage cannot go on (e.g. the CUDA context is gone); its remaining rows are skipped."""
+    """The stage cannot go on (e.g. the CUDA context is gone): it ends as an error, the next one starts."""
 
 
 @dataclass
@@ -717,8 +717,6 @@ class Context:
     out: Path
     work: Path
     deadline: float  # wall-clock time (time.time()) by which the worker should be done
-    fail: bool = False
-    extra: dict = field(default_factory=dict)
 
     @property
     def device(self):
@@ -836,11 +834,16 @@ def stage_faceset(ctx: Context) -> None:
             )
 
 
-def _peak_cache(dry: bool) -> Callable:
-    """``matmul_peak_flops`` measured once per (device, dtype) in this process (toy sizes in a dry run)."""
+def _peak_cache(dry: bool, device, bf16_peak: float | None) -> Callable:
+    """``matmul_peak_flops`` measured once per (device, dtype) in this process (toy sizes in a dry run);
+    bf16 is the peak stage's measurement when there is one."""
+    import torch
+
     from torchsae.train import bench
 
     measure, cache = bench.matmul_peak_flops, {}
+    if bf16_peak:
+        cache[(str(device), str(torch.bfloat16))] = bf16_peak
 
     def cached(device, dtype, size=None, seconds=0.5):
         key = (str(device), str(dtype))
@@ -882,7 +885,7 @@ def stage_train_bench(ctx: Context, compile_: bool = False) -> None:
     dev = ctx.device
     peak_rows = [r for r in ctx.rows_of("peak") if r.get("status") == "ok"]
     bf16_peak = peak_rows[0]["flops"] if peak_rows else None
-    patches = [mock.patch.object(bench, "matmul_peak_flops", _peak_cache(ctx.plan.dry))]
+    patches = [mock.patch.object(bench, "matmul_peak_flops", _peak_cache(ctx.plan.dry, dev, bf16_peak))]
     if compile_ and ctx.plan.dry:  # inductor on 2 CPU cores takes minutes: dynamo with the eager backend
         import functools
 
@@ -1200,38 +1203,33 @@ def stage_train(ctx: Context, run: str) -> None:
     ctx.row({**row, "status": "ok"})
 
 
-def stage_data(ctx: Context) -> None:
+def timed_rate(step: Callable[[], int], seconds: float, device, warmup: int = 3) -> float:
+    """Items per second of ``step()`` (which returns the items it did) over ``seconds``, after warm-up."""
+    for _ in range(warmup):
+        step()
+    sync(device)
+    done, start = 0, time.perf_counter()
+    while time.perf_counter() - start < seconds or done == 0:
+        done += step()
+    sync(device)
+    return done / (time.perf_counter() - start)
+
+
+def _data_loader_rows(ctx: Context, stream: Any, cfg: Any) -> None:
+    """End to end (loaders + index masks + augmentation on the device), augmentation alone, host alone."""
     import torch
 
     from pipelines.augment import Augmenter
-    from pipelines.batch import make_train_batches
-    from pipelines.dali_loader import dali_available
-    from torchsae.config import Config, ModelConfig
 
     dev, plan = ctx.device, ctx.plan
     res, batch = plan.data_resolution, plan.data_batch
-    cfg = Config()
-    cfg.model = ModelConfig(archi="df-ud", resolution=res, **(TOY_DIMS if plan.dry else {}))
-    cfg.data.data_dir_a, cfg.data.data_dir_b = str(ctx.faceset / "A"), str(ctx.faceset / "B")
-    cfg.data.backend, cfg.data.workers = "torch", plan.workers
-    cfg.train.batch_size = batch
-    cfg.validate()
-
-    def timed(step: Callable[[], int], seconds: float, warmup: int = 3) -> float:
-        for _ in range(warmup):
-            step()
-        sync(dev)
-        done, start = 0, time.perf_counter()
-        while time.perf_counter() - start < seconds or done == 0:
-            done += step()
-        sync(dev)
-        return done / (time.perf_counter() - start)
-
-    stream = make_train_batches(cfg, rank=0, world_size=1, device=dev, progress=False)
     try:
         detail = f"R={res}, batch {batch} per side, {plan.workers} loader workers per side, A+B faces counted"
         try:
-            rate = timed(lambda: (next(stream), 2 * batch)[1], plan.data_seconds)
+            # warm-up drains what the workers prefetched while they started (prefetch_factor 4)
+            rate = timed_rate(
+                lambda: (next(stream), 2 * batch)[1], plan.data_seconds, dev, 3 + 4 * plan.workers
+            )
             ctx.row(
                 {
                     "what": "end_to_end",
@@ -1256,7 +1254,7 @@ def stage_data(ctx: Context) -> None:
                     out = augment(images, masks, step=i, rank=0, side="ab"[i % 2])
                     return out["warped"].shape[0]
 
-                rate = timed(aug_step, plan.data_seconds)
+                rate = timed_rate(aug_step, plan.data_seconds, dev)
                 ctx.row(
                     {
                         "what": "augmentation_only",
@@ -1290,6 +1288,30 @@ def stage_data(ctx: Context) -> None:
     finally:
         stream.close()
 
+
+def stage_data(ctx: Context) -> None:
+    import torch
+
+    from pipelines.batch import make_train_batches
+    from pipelines.dali_loader import dali_available
+    from torchsae.config import Config, ModelConfig
+
+    dev, plan = ctx.device, ctx.plan
+    res, batch = plan.data_resolution, plan.data_batch
+    cfg = Config()
+    cfg.model = ModelConfig(archi="df-ud", resolution=res, **(TOY_DIMS if plan.dry else {}))
+    cfg.data.data_dir_a, cfg.data.data_dir_b = str(ctx.faceset / "A"), str(ctx.faceset / "B")
+    cfg.data.backend, cfg.data.workers = "torch", plan.workers
+    cfg.train.batch_size = batch
+    cfg.validate()
+
+    try:
+        stream = make_train_batches(cfg, rank=0, world_size=1, device=dev, progress=False)
+    except Exception as exc:  # noqa: BLE001 - the decode rows below need no loader
+        stream = None
+        ctx.row({"what": "end_to_end", "status": "error", "error": short_error(exc)})
+    if stream is not None:
+        _data_loader_rows(ctx, stream, cfg)
     if importlib.util.find_spec("torchvision") is None:
         ctx.skip({"what": "nvjpeg_decode"}, "skipped: torchvision is not installed")
     elif ctx.left() < 5:
@@ -1301,7 +1323,7 @@ def stage_data(ctx: Context) -> None:
 
             paths = sorted((ctx.faceset / "A").glob("*.jpg"))[: max(batch, 1)]
             blobs = [torch.frombuffer(bytearray(p.read_bytes()), dtype=torch.uint8) for p in paths]
-            rate = timed(lambda: len(decode_jpeg(blobs, device=dev)), plan.data_seconds)
+            rate = timed_rate(lambda: len(decode_jpeg(blobs, device=dev)), plan.data_seconds, dev)
             ctx.row(
                 {
                     "what": "nvjpeg_decode" if dev.type == "cuda" else "decode_jpeg_cpu",
@@ -1510,10 +1532,9 @@ class Orchestrator:
         self.args, self.argv = args, argv
         self.start = time.time()
         self.deadline = self.start + args.budget
-        self.out = Path(args.out)
-        self.work = (
-            Path(args.work_dir) if args.work_dir else Path(tempfile.mkdtemp(prefix="torchsae_gpu_check_"))
-        )
+        self.out = Path(args.out).resolve()  # the stage processes run in the repository root
+        work = Path(args.work_dir) if args.work_dir else Path(tempfile.mkdtemp(prefix="torchsae_gpu_check_"))
+        self.work = work.resolve()
         self.proc: subprocess.Popen | None = None
         self.interrupted = False
 
