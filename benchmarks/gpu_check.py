@@ -3,6 +3,7 @@
     python benchmarks/gpu_check.py --out DIR [--budget 480] [--wheels DIR] [--append-results]
     python benchmarks/gpu_check.py --out DIR --dry-run      # every stage at toy size on the CPU (tests)
     python benchmarks/gpu_check.py --list                   # the stage plan with its time estimates
+    python benchmarks/gpu_check.py --report-only --out DIR --append-results   # fetched results -> RESULTS.md
 
 Writes ``DIR/results.json`` and ``DIR/results.md`` (tables + a Targets table with a PASS/MISS column),
 ``DIR/rows.jsonl`` (every figure as it is measured) and ``DIR/log.txt`` (the stages' output). Both
@@ -1502,6 +1503,24 @@ def install_wheels(wheels: Path, site: Path, log) -> str:
     return "installed " + ", ".join(Path(f).name.split("-")[0] for f in files)
 
 
+def _machine() -> str:
+    """CPU model and cores, as ``pipelines.bench.machine_description`` says it (which needs torch and
+    simplejpeg; the orchestrator imports neither)."""
+    model = platform.processor() or platform.machine()
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    return f"{model}, {os.cpu_count()} cores"
+
+
+def _cuda_available() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
 def gpu_description() -> str:
     try:
         done = subprocess.run(
@@ -1573,9 +1592,7 @@ class Orchestrator:
                 site = self.work / "site"
                 site_note = install_wheels(Path(args.wheels), site, log)
             found, missing = package_report(STAGES)
-            import torch
-
-            has_gpu = torch.cuda.is_available()
+            has_gpu = False if args.dry_run else _cuda_available()  # a dry run never imports torch here
             selected = [s for s in STAGES if not args.stages or s.name in args.stages.split(",")]
             self.record_stage_plan_meta(found, missing, site_note, has_gpu)
             for name, why in missing.items():
@@ -1621,14 +1638,7 @@ class Orchestrator:
     def record_stage_plan_meta(
         self, found: dict, missing: dict, site_note: str | None, has_gpu: bool
     ) -> None:
-        import torch
-
-        try:
-            from pipelines.bench import machine_description
-
-            machine = machine_description()
-        except ImportError:  # pipelines needs simplejpeg
-            machine = f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores"
+        machine = _machine()
         append_record(
             self.out,
             {
@@ -1638,8 +1648,7 @@ class Orchestrator:
                 "budget_s": self.args.budget,
                 "command": "python benchmarks/gpu_check.py " + " ".join(self.argv),
                 "python": platform.python_version(),
-                "torch": torch.__version__,
-                "torch_cuda": torch.version.cuda,
+                "torch": found.get("torch"),
                 "cuda_available": has_gpu,
                 "gpu": gpu_description() if has_gpu else "none",
                 "machine": machine,
@@ -1733,6 +1742,25 @@ def _now() -> str:
     return datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
 
 
+def report_only(out: Path, append: bool) -> int:
+    """The Markdown of an earlier run's ``rows.jsonl`` (the folder may be read-only)."""
+    results = collect(read_records(out))
+    if not results["meta"]:
+        print(f"{out}: no rows.jsonl with a run in it", file=sys.stderr)
+        return EXIT_STAGE_PROBLEM
+    results["targets"] = evaluate_targets(results)
+    text = render_markdown(results)
+    print(text)
+    if append:
+        if results["meta"].get("dry_run"):
+            print("not appended: a dry run measures nothing", file=sys.stderr)
+            return EXIT_STAGE_PROBLEM
+        from results import append_results
+
+        append_results(text)
+    return EXIT_OK
+
+
 def parse_args(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", help="Folder for results.json, results.md, rows.jsonl and log.txt.")
@@ -1747,6 +1775,12 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         "--append-results", action="store_true", help="Append results.md to benchmarks/RESULTS.md."
     )
     parser.add_argument("--list", action="store_true", help="Print the stage plan and exit.")
+    parser.add_argument(
+        "--report-only",
+        action="store_true",
+        help="Render --out's rows.jsonl again (e.g. files fetched from a GPU machine) and print it; "
+        "with --append-results also append it to benchmarks/RESULTS.md.",
+    )
     parser.add_argument("--time-scale", type=float, default=1.0, help=argparse.SUPPRESS)  # tests
     parser.add_argument("--in-process", action="store_true", help=argparse.SUPPRESS)  # tests: no subprocesses
     parser.add_argument("--worker", choices=STAGE_NAMES, help=argparse.SUPPRESS)
@@ -1776,6 +1810,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.worker:
         return worker_main(args)
+    if args.report_only:
+        return report_only(Path(args.out), args.append_results)
     return Orchestrator(args, argv).run()
 
 

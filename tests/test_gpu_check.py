@@ -119,7 +119,7 @@ def test_dry_run_in_stage_processes(tmp_path: Path) -> None:
 def test_failure_hang_and_budget_are_recorded(tmp_path: Path) -> None:
     """A stage that raises, one that hangs (killed at its share of the budget) and one left no time.
 
-    Budget 20 s with the stages' minimum/cap scaled by 0.25: peak fails at once, memory_predict hangs
+    Budget 14 s with the stages' minimum/cap scaled by 0.25: peak fails at once, memory_predict hangs
     until the budget minus export's reserved minimum, export then finds less than its minimum left.
     """
     out = tmp_path / "out"
@@ -132,7 +132,7 @@ def test_failure_hang_and_budget_are_recorded(tmp_path: Path) -> None:
         "--hang-stage",
         "memory_predict",
     ]
-    done = _run([*args, "--time-scale", "0.25", "--budget", "20"], timeout=120)
+    done = _run([*args, "--time-scale", "0.25", "--budget", "14"], timeout=120)
     assert done.returncode == gpu_check.EXIT_STAGE_PROBLEM, done.stderr[-3000:]
     stages = _results(out)["stages"]
     assert stages["peak"]["status"] == "error"
@@ -222,3 +222,21 @@ def test_timed_stream_measures_the_wait_and_injects_nan() -> None:
     assert [bool(torch.isnan(b["warped_a"]).all()) for b in got] == [False, False, True, False]
     steady = stream.steady(0)
     assert steady["timed_steps"] == 3 and 0.0 <= steady["data_wait_share"] <= 1.0
+
+
+def test_stage_skipped_for_a_missing_package_or_a_failed_faceset(tmp_path: Path) -> None:
+    """Neither skip starts a process: the orchestrator decides from the package check and the records."""
+    args = gpu_check.parse_args(
+        ["--dry-run", "--out", str(tmp_path / "out"), "--work-dir", str(tmp_path / "w")]
+    )
+    orchestrator = gpu_check.Orchestrator(args, [])
+    orchestrator.out.mkdir(parents=True)
+    stages = {stage.name: stage for stage in gpu_check.STAGES}
+    with open(orchestrator.out / "log.txt", "ab") as log:
+        missing = {"simplejpeg": "libjpeg-turbo decode"}
+        assert not orchestrator.run_stage(stages["train_bf16"], [], missing, {}, log)
+        orchestrator.record_stage("faceset", status="error", detail="boom")
+        assert not orchestrator.run_stage(stages["data"], [], {}, {}, log)
+    got = gpu_check.collect(gpu_check.read_records(orchestrator.out))["stages"]
+    assert got["train_bf16"]["status"] == "skipped: missing simplejpeg (carry its wheel: --wheels DIR)"
+    assert got["data"]["status"] == "skipped: faceset did not finish"
