@@ -210,6 +210,7 @@ class Plan:
     steady_from: int
     compare_last: int
     workers: int  # loader workers per side (two sides: half the cores each)
+    train_workers: int  # the same for the train_* runs (the dry run's one worker checks that path)
 
     @staticmethod
     def full() -> Plan:
@@ -261,6 +262,7 @@ class Plan:
             steady_from=30,
             compare_last=100,
             workers=max(1, cores // 2),
+            train_workers=max(1, cores // 2),
         )
 
     @staticmethod
@@ -301,6 +303,7 @@ class Plan:
             steady_from=1,
             compare_last=4,
             workers=0,
+            train_workers=1,
         )
 
 
@@ -1042,6 +1045,9 @@ class _Tee(io.TextIOBase):
         for stream in self.streams:
             stream.flush()
 
+    def fileno(self) -> int:  # whoever needs a descriptor (child processes) gets the real stdout's
+        return self.streams[0].fileno()
+
 
 def run_training(
     ctx: Context, run: str, flags: dict, model_size: int | None, nan_steps: tuple[int, ...] = ()
@@ -1177,6 +1183,7 @@ def _train_flags(ctx: Context, amp: str, steps: int) -> dict:
     model = dict(ctx.plan.train_flags)
     return {
         "model": model,
+        "data": {"workers": ctx.plan.train_workers},
         "train": {"batch_size": ctx.plan.train_batch, "max_steps": steps, "amp": amp},
     }
 
