@@ -686,7 +686,7 @@ def render_markdown(results: dict) -> str:
             "",
             "### Export",
             "",
-            "| checkpoint | exporter | opset | size MiB | max diff vs PyTorch (CPU) | tolerance | ORT vs CUDA eager (fp32, TF32 off) | seconds | status |",
+            "| checkpoint | exporter | opset | size MiB | max diff vs PyTorch (CPU) | tolerance | ORT vs PyTorch on the training device (fp32, TF32 off) | seconds | status |",
             "|---|---|---|---|---|---|---|---|---|",
         ]
         for r in export:
@@ -1561,6 +1561,7 @@ class Orchestrator:
         self.out = Path(args.out).resolve()  # the stage processes run in the repository root
         work = Path(args.work_dir) if args.work_dir else Path(tempfile.mkdtemp(prefix="torchsae_gpu_check_"))
         self.work = work.resolve()
+        self.own_work = not args.work_dir  # a folder of our own is removed at the end
         self.proc: subprocess.Popen | None = None
         self.interrupted = False
 
@@ -1586,6 +1587,13 @@ class Orchestrator:
                 continue
 
     def run(self) -> int:
+        try:
+            return self._run()
+        finally:
+            if self.own_work:
+                shutil.rmtree(self.work, ignore_errors=True)
+
+    def _run(self) -> int:
         args = self.args
         self.out.mkdir(parents=True, exist_ok=True)
         for name in FIELDS:
