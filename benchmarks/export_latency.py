@@ -31,8 +31,8 @@ import torch
 
 from torchsae.config import ModelConfig, preset
 from torchsae.export.onnx import export_onnx
+from torchsae.export.session import cpu_cores, make_session
 from torchsae.export.tensorrt import missing_requirements
-from torchsae.export.verify import cpu_cores, make_session
 from torchsae.models import SAEHD
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))

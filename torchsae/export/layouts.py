@@ -111,7 +111,7 @@ def check_dfm_contract(model: str | bytes, *, run: bool = True, batch: int = 2) 
     celeb_face, celeb_mask). With ``run`` the model is also executed on ``batch`` random faces and
     each output's shape is checked against that reading. Raises DfmContractError naming the rule.
     """
-    from torchsae.export.verify import make_session
+    from torchsae.export.session import make_session
 
     source = model if isinstance(model, str) else "<onnx bytes>"
     session = make_session(model)

@@ -23,12 +23,11 @@ temporaries (see ``OPTIMIZER_TEMPORARIES``) are whole copies of the trainable we
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import gc
 import math
 import re
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -36,6 +35,7 @@ import torch
 
 from torchsae.config import Config
 from torchsae.errors import ConfigError, TorchSAEError
+from torchsae.losses.filters import kernel_cache_scope
 from torchsae.optim import effective_lr_dropout
 from torchsae.train.precision import resolve_amp
 from torchsae.train.recompute import CHECKPOINT_MODES, apply_checkpointing
@@ -169,22 +169,6 @@ class MemoryEstimate:
         return self.static + self.inputs + step
 
 
-@contextlib.contextmanager
-def _fake_tensors_stay_out_of_caches() -> Iterator[None]:
-    """Forget what the loss filters cache during a fake run: the kernel cache is keyed by device,
-    and a fake "cpu" kernel left in it would turn a later real CPU step's gradients fake."""
-    from torchsae.losses import filters
-
-    cache = getattr(filters, "_TAPS_CACHE", None)
-    before = dict(cache) if cache is not None else None
-    try:
-        yield
-    finally:
-        if cache is not None:
-            cache.clear()
-            cache.update(before)
-
-
 def _nbytes(tensors: Iterable[torch.Tensor]) -> int:
     return sum(t.numel() * t.element_size() for t in tensors)
 
@@ -203,7 +187,7 @@ def estimate_step_memory(
 
     fake_mode = FakeTensorMode(allow_non_fake_inputs=True)
     parts = build_parts(cfg, "cpu", amp_dtype=amp_dtype, fake_mode=fake_mode)
-    with fake_mode, _fake_tensors_stay_out_of_caches():
+    with fake_mode, kernel_cache_scope():  # no fake kernel may outlive the fake run
         all_params = list(parts.model.parameters())
         for disc in parts.discriminators.values():
             all_params += list(disc.parameters())
