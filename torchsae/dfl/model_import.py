@@ -42,21 +42,6 @@ if TYPE_CHECKING:
 
     from torchsae.config import Config
 
-# DeepFaceLab network file -> SAEHD submodule, per archi type. src is B, dst is A.
-NETWORKS: dict[str, tuple[tuple[str, str], ...]] = {
-    "df": (
-        ("encoder", "encoder"),
-        ("inter", "inter"),
-        ("decoder_src", "decoder_b"),
-        ("decoder_dst", "decoder_a"),
-    ),
-    "liae": (
-        ("encoder", "encoder"),
-        ("inter_AB", "inter_ab"),
-        ("inter_B", "inter_b"),
-        ("decoder", "decoder"),
-    ),
-}
 G_OPTIMIZER_FILE = "src_dst_opt"
 
 
@@ -216,7 +201,7 @@ def import_dfl_model(folder: str | Path, output: str | Path, model_name: str | N
     Raises a TorchSAEError naming the file (and key) for anything missing, truncated, mismatched or
     hostile; ``output`` is written only after everything has been read and converted.
     """
-    from torchsae.models import SAEHD
+    from torchsae.models.registry import build_model
     from torchsae.train.checkpoint import save_checkpoint
 
     folder, output = Path(folder), Path(output)
@@ -227,8 +212,9 @@ def import_dfl_model(folder: str | Path, output: str | Path, model_name: str | N
     warnings = [describe_unsupported(imported.unsupported)] if imported.unsupported else []
     notes = list(imported.notes)
 
-    model = SAEHD(config.model)  # every weight is overwritten below
-    g_modules = [(net, getattr(model, attr)) for net, attr in NETWORKS[config.model.archi_type]]
+    model = build_model(config.model)  # every weight is overwritten below
+    # DeepFaceLab network file -> submodule, as the model family declares it (src is B, dst is A)
+    g_modules = [(net, getattr(model, attr)) for net, attr in config.model.family.dfl_files]
     for net, module in g_modules:
         load_network(module, net_path(folder, name, net))
     networks = [net for net, _ in g_modules]

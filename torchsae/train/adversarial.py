@@ -27,7 +27,8 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 
 from torchsae.config import Config
 from torchsae.losses import SAEHDLoss
-from torchsae.models import SAEHD, CodeDiscriminator, UNetPatchDiscriminator
+from torchsae.models import CodeDiscriminator, UNetPatchDiscriminator
+from torchsae.models.registry import families_with_code_discriminator, model_family
 from torchsae.optim import build_optimizer, clip_grad_norm
 from torchsae.train.precision import resolve_amp
 
@@ -40,18 +41,20 @@ FP16_D_LOSS_SCALE = 2.0**10
 
 
 def build_discriminators(
-    cfg: Config, model: SAEHD, loss_fn: SAEHDLoss, device: torch.device
+    cfg: Config, model: nn.Module, loss_fn: SAEHDLoss, device: torch.device
 ) -> dict[str, nn.Module]:
     """The discriminators this run needs (none when gan_power and true_face_power are 0).
 
-    ``code`` judges the inter's codes (``model.code_channels`` × ``model.code_resolution``²);
+    ``code`` judges the inter's codes (the family's latent: channels × size²);
     ``gan`` is the U-Net patch discriminator over BGR faces with ``gan_patch_size`` / ``gan_dims``.
     """
     discs: dict[str, nn.Module] = {}
     if loss_fn.uses_code_discriminator:
-        if model.archi_type != "df":
-            raise ValueError("true_face_power: the code discriminator exists for 'df' archis only")
-        discs["code"] = CodeDiscriminator(model.code_channels, model.code_resolution).to(device)
+        family = model_family(cfg.model)
+        if not family.code_discriminator:
+            names = ", ".join(repr(n) for n in families_with_code_discriminator())
+            raise ValueError(f"true_face_power: the code discriminator exists for {names} archis only")
+        discs["code"] = CodeDiscriminator(*family.latent(cfg.model)).to(device)
     if loss_fn.uses_gan:
         discs["gan"] = UNetPatchDiscriminator(cfg.model.resolved_gan_patch_size, 3, cfg.model.gan_dims).to(
             device

@@ -264,10 +264,10 @@ def cuda_probe_peak(
 
 
 def _trainable_meta(cfg: Config) -> list[torch.Tensor]:
-    from torchsae.models import SAEHD
+    from torchsae.models.registry import build_model
 
     with torch.device("meta"):
-        return SAEHD(cfg.model).trainable_parameters(cfg.data.random_warp)
+        return build_model(cfg.model).trainable_parameters(cfg.data.random_warp)
 
 
 # ---- the planner ----

@@ -22,8 +22,8 @@ import torch
 
 from torchsae.config import Config
 from torchsae.errors import ConfigError
-from torchsae.models import SAEHD
 from torchsae.models.layers import glorot_init_
+from torchsae.models.registry import model_family
 
 INIT_SEED_OFFSET = 7919  # the re-initialised inters draw from seed + this, away from the model's init
 
@@ -56,12 +56,12 @@ def leaving_pretrain(state: dict[str, Any], cfg: Config) -> bool:
     return bool(stored.get("pretrain")) and not cfg.train.pretrain
 
 
-def inter_names(model: SAEHD) -> tuple[str, ...]:
-    """The submodules DFL re-initialises when pretraining ends."""
-    return ("inter",) if model.archi_type == "df" else ("inter_ab", "inter_b")
+def inter_names(model: torch.nn.Module) -> tuple[str, ...]:
+    """The submodules DFL re-initialises when pretraining ends (the family's ``pretrain_reinit``)."""
+    return model_family(model.config).pretrain_reinit
 
 
-def reinit_inters(model: SAEHD, seed: int) -> tuple[str, ...]:
+def reinit_inters(model: torch.nn.Module, seed: int) -> tuple[str, ...]:
     """Glorot-initialise the inter layers again from ``seed`` (the global RNGs are left untouched)."""
     device = next(model.parameters()).device
     devices = [device.index or 0] if device.type == "cuda" else []
@@ -73,7 +73,7 @@ def reinit_inters(model: SAEHD, seed: int) -> tuple[str, ...]:
     return names
 
 
-def leave_pretrain(model: SAEHD, cfg: Config, source: object) -> str:
+def leave_pretrain(model: torch.nn.Module, cfg: Config, source: object) -> str:
     """Re-initialise the inters for the end of pretraining; return the message to print."""
     names = reinit_inters(model, cfg.train.seed)
     return (

@@ -3,7 +3,7 @@
 Why a second copy of "forward, loss, backward, update" next to the trainer's loop: the probe and the
 benchmark must run exactly the work of one optimiser step (same model, same loss, same optimiser,
 same AMP and gradient accumulation) but without the trainer's run folder, checkpoints, signal
-handling and logging. The pieces (``SAEHD``, ``SAEHDLoss``, ``build_optimizer``) are the trainer's own;
+handling and logging. The pieces (``build_model``, ``SAEHDLoss``, ``build_optimizer``) are the trainer's own;
 only the orchestration is repeated, and it is short.
 
 The G step follows the trainer: the loss is the per-sample total summed over each micro-batch, so
@@ -22,7 +22,7 @@ from torch import nn
 
 from torchsae.config import Config
 from torchsae.losses import SAEHDLoss
-from torchsae.models import SAEHD
+from torchsae.models.registry import build_model
 from torchsae.optim import build_optimizer
 from torchsae.train.adversarial import build_discriminators
 
@@ -34,7 +34,7 @@ SIDE_CHANNELS = (("warped", 3), ("target", 3), ("mask", 1), ("em", 1))
 class StepParts:
     """Everything one G step touches: model, loss, discriminators used by the G loss, optimiser."""
 
-    model: SAEHD
+    model: nn.Module
     loss_fn: SAEHDLoss
     discriminators: dict[str, nn.Module]
     optimizer: torch.optim.Optimizer
@@ -66,7 +66,7 @@ def build_parts(
     loss_fn = SAEHDLoss(cfg)
     empty = fake_mode is not None
     with torch.device("meta") if empty else contextlib.nullcontext():
-        model = SAEHD(cfg.model)
+        model = build_model(cfg.model)
         discs = build_discriminators(cfg, model, loss_fn, torch.device("meta") if empty else device)
     with fake_mode or contextlib.nullcontext():
         for module in (model, *discs.values()):

@@ -33,7 +33,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from torchsae.config import Config, dump_config
 from torchsae.errors import TorchSAEError
 from torchsae.losses import SAEHDLoss
-from torchsae.models import SAEHD
+from torchsae.models.registry import build_model
 from torchsae.optim import build_optimizer, clip_grad_norm, effective_lr_dropout, lr_at
 from torchsae.train import checkpoint as ckpt
 from torchsae.train import preview as pv
@@ -134,7 +134,7 @@ def _train(cfg: Config, resume: Path | None, info: DistInfo, stop: StopRequest) 
 
     # ---- model, discriminators, optimisers (identical initial weights on every rank) ----
     _seed_everything(cfg.train.seed)
-    model = SAEHD(cfg.model).to(device)
+    model = build_model(cfg.model).to(device)
     trainable = {id(p) for p in model.trainable_parameters(data_cfg.data.random_warp)}
     for p in model.parameters():
         p.requires_grad_(id(p) in trainable)  # LIAE without random warp freezes inter_ab (spec §2.4)
