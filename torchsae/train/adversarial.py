@@ -65,14 +65,14 @@ def build_discriminators(
 def build_discriminator_optimizers(
     cfg: Config, discs: dict[str, nn.Module], seed: int
 ) -> dict[str, torch.optim.Optimizer]:
-    """One optimiser per discriminator, configured as the G optimiser (spec §4: lr 5e-5 for all).
+    """One optimiser per discriminator, configured as the G optimiser (spec §4: lr 5e-5 for all);
+    ``cfg`` is the run's effective config (``train.pretrain.effective_config``).
 
     Their lr-dropout generators are seeded ``seed + 1`` (identical on every rank under DDP, as the
     G optimiser's are).
     """
     return {
-        name: build_optimizer(disc.parameters(), cfg.optim, pretrain=cfg.train.pretrain, seed=seed + 1)
-        for name, disc in discs.items()
+        name: build_optimizer(disc.parameters(), cfg.optim, seed=seed + 1) for name, disc in discs.items()
     }
 
 

@@ -36,7 +36,6 @@ import torch
 from torchsae.config import Config
 from torchsae.errors import ConfigError, TorchSAEError
 from torchsae.losses.filters import kernel_cache_scope
-from torchsae.optim import effective_lr_dropout
 from torchsae.train.precision import resolve_amp
 from torchsae.train.recompute import CHECKPOINT_MODES, apply_checkpointing
 
@@ -180,7 +179,10 @@ def estimate_step_memory(
     amp_dtype: torch.dtype | None = None,
     world_size: int = 1,
 ) -> MemoryEstimate:
-    """Measure one step's memory on fake tensors (see the module docstring); fast at any size."""
+    """Measure one step's memory on fake tensors (see the module docstring); fast at any size.
+
+    ``cfg`` is the run's effective config (``train.pretrain.effective_config``), as the trainer plans
+    with."""
     from torch._subclasses.fake_tensor import FakeTensorMode
 
     from torchsae.train.step import build_parts, synthetic_batch
@@ -205,9 +207,7 @@ def estimate_step_memory(
     g_trainable = [p for p in parts.model.parameters() if p.requires_grad]
     d_params = [p for disc in parts.discriminators.values() for p in disc.parameters()]
     trainable = _nbytes(g_trainable) + _nbytes(d_params)
-    temporaries = OPTIMIZER_TEMPORARIES[name] + (
-        1 if effective_lr_dropout(cfg.optim, cfg.train.pretrain) else 0
-    )
+    temporaries = OPTIMIZER_TEMPORARIES[name] + (1 if cfg.optim.lr_dropout else 0)
     return MemoryEstimate(
         params=_nbytes(all_params),
         grads=trainable,

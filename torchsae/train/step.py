@@ -58,6 +58,8 @@ def build_parts(
 ) -> StepParts:
     """Model, loss, G-loss discriminators and the G optimiser as the trainer builds them, on ``device``.
 
+    ``cfg`` is the run's effective config (``train.pretrain.effective_config``), as the trainer's.
+
     ``fake_mode`` (a ``FakeTensorMode``): build on the meta device, then give the weights fake storage
     on ``device`` inside that mode (no init cost; what the memory estimate uses). The returned parts
     must then be used inside the same mode.
@@ -77,7 +79,6 @@ def build_parts(
     optimizer = build_optimizer(
         [p for p in model.parameters() if p.requires_grad],
         cfg.optim,
-        pretrain=cfg.train.pretrain,
         seed=cfg.train.seed,
     )
     scaler = torch.amp.GradScaler(device.type, enabled=use_scaler) if use_scaler else None

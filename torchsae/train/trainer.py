@@ -34,7 +34,7 @@ from torchsae.config import Config, dump_config
 from torchsae.errors import TorchSAEError
 from torchsae.losses import SAEHDLoss
 from torchsae.models.registry import build_model
-from torchsae.optim import build_optimizer, clip_grad_norm, effective_lr_dropout, lr_at
+from torchsae.optim import build_optimizer, clip_grad_norm, lr_at
 from torchsae.train import checkpoint as ckpt
 from torchsae.train import preview as pv
 from torchsae.train.adversarial import (
@@ -48,7 +48,7 @@ from torchsae.train.dist import DistInfo, any_true, gather_to_main, init_distrib
 from torchsae.train.logging import TrainLogger, memory_mb
 from torchsae.train.memory import apply_checkpointing, plan_for_run
 from torchsae.train.precision import resolve_amp
-from torchsae.train.pretrain import leave_pretrain, leaving_pretrain, pretrain_view
+from torchsae.train.pretrain import effective_config, leave_pretrain, leaving_pretrain
 from torchsae.train.signals import StopRequest
 from torchsae.train.speed import enable_tf32, maybe_compile, use_channels_last
 
@@ -121,9 +121,9 @@ def _train(cfg: Config, resume: Path | None, info: DistInfo, stop: StopRequest) 
     device = info.device
     run_dir = Path(cfg.train.run_dir)
     models_dir, logs_dir = run_dir / "models", run_dir / "logs"
-    lr_dropout = effective_lr_dropout(cfg.optim, cfg.train.pretrain)
     say = print if info.is_main else (lambda *a, **k: None)
-    data_cfg = pretrain_view(cfg)  # pretraining: one generic faceset, DFL's forced augmentation
+    data_cfg = effective_config(cfg)  # pretraining: one generic faceset, everything DFL forces
+    lr_dropout = data_cfg.optim.lr_dropout
     # --memory-budget (on a GPU default: its free memory): micro-batch, accumulation, checkpointing, AMP
     plan = plan_for_run(data_cfg, info)
     if plan is not None:
@@ -141,13 +141,11 @@ def _train(cfg: Config, resume: Path | None, info: DistInfo, stop: StopRequest) 
     apply_checkpointing(model, plan.checkpoint if plan is not None else "none")
     enable_tf32(device)
     use_channels_last(model, device)
-    loss_fn = SAEHDLoss(cfg)
+    loss_fn = SAEHDLoss(data_cfg)
     discs = build_discriminators(cfg, model, loss_fn, device)
     seed = cfg.train.seed  # the same lr-dropout seed on every rank keeps the replicas identical
-    optimizers = {
-        "model": build_optimizer(model.parameters(), cfg.optim, pretrain=cfg.train.pretrain, seed=seed)
-    }
-    optimizers.update(build_discriminator_optimizers(cfg, discs, seed))
+    optimizers = {"model": build_optimizer(model.parameters(), data_cfg.optim, seed=seed)}
+    optimizers.update(build_discriminator_optimizers(data_cfg, discs, seed))
     scaler = torch.amp.GradScaler(device.type, enabled=use_scaler)
 
     # ---- data: each rank draws its own shard; batch_size is per rank and per side ----
