@@ -122,7 +122,7 @@ def test_trainer_plans_from_the_budget_on_the_cpu(
     cfg = _config(tmp_path / "run", FULL, 1, False)
     cfg.train.memory_budget = "64GiB"
     _run(monkeypatch, cfg)
-    assert "Memory plan: batch 4 per side in one pass; activation checkpointing none; amp none" in (
+    assert "Memory plan: batch 4 per side in one pass; activation recompute none; amp none" in (
         capsys.readouterr().out
     )
 

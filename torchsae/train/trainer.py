@@ -46,7 +46,7 @@ from torchsae.train.adversarial import (
 from torchsae.train.data import make_preview_samples, make_train_batches
 from torchsae.train.dist import DistInfo, any_true, gather_to_main, init_distributed, shutdown
 from torchsae.train.logging import TrainLogger, memory_mb
-from torchsae.train.memory import apply_checkpointing, plan_for_run
+from torchsae.train.memory import apply_recompute, plan_for_run
 from torchsae.train.precision import resolve_amp
 from torchsae.train.pretrain import effective_config, leave_pretrain, leaving_pretrain
 from torchsae.train.signals import StopRequest
@@ -124,7 +124,7 @@ def _train(cfg: Config, resume: Path | None, info: DistInfo, stop: StopRequest) 
     say = print if info.is_main else (lambda *a, **k: None)
     data_cfg = effective_config(cfg)  # pretraining: one generic faceset, everything DFL forces
     lr_dropout = data_cfg.optim.lr_dropout
-    # --memory-budget (on a GPU default: its free memory): micro-batch, accumulation, checkpointing, AMP
+    # --memory-budget (on a GPU default: its free memory): micro-batch, accumulation, activation recompute, AMP
     plan = plan_for_run(data_cfg, info)
     if plan is not None:
         say(plan.describe())
@@ -138,7 +138,7 @@ def _train(cfg: Config, resume: Path | None, info: DistInfo, stop: StopRequest) 
     trainable = {id(p) for p in model.trainable_parameters(data_cfg.data.random_warp)}
     for p in model.parameters():
         p.requires_grad_(id(p) in trainable)  # LIAE without random warp freezes inter_ab (spec §2.4)
-    apply_checkpointing(model, plan.checkpoint if plan is not None else "none")
+    apply_recompute(model, plan.recompute if plan is not None else "none")
     enable_tf32(device)
     use_channels_last(model, device)
     loss_fn = SAEHDLoss(data_cfg)
