@@ -26,7 +26,11 @@ from torchsae.fileio import atomic_write_text
 from torchsae.train.memory import FIT_FRACTION, estimate_step_memory, format_bytes, plan_memory
 
 BUDGETS_GIB = (8, 12, 24)
-SETTINGS = (("fp32", None, "none"), ("bf16", torch.bfloat16, "none"), ("bf16+recompute", torch.bfloat16, "all"))
+SETTINGS = (
+    ("fp32", None, "none"),
+    ("bf16", torch.bfloat16, "none"),
+    ("bf16+recompute", torch.bfloat16, "all"),
+)
 MAX_BATCH = 256
 DOCS = Path(__file__).resolve().parent.parent / "docs" / "MEMORY.md"
 

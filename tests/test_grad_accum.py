@@ -69,7 +69,7 @@ def _config(run_dir: Path, batch_size: int, grad_accum: int, lr_dropout: bool) -
 
 
 def _run(monkeypatch: pytest.MonkeyPatch, cfg: Config) -> dict[str, torch.Tensor]:
-    monkeypatch.setattr(trainer_mod, "make_train_batches", lambda c, info: _FixedStream(c.train.batch_size))
+    monkeypatch.setattr(trainer_mod, "rank_train_stream", lambda c, info: _FixedStream(c.train.batch_size))
     trainer_mod.train(cfg)
     return ck.load_checkpoint(Path(cfg.train.run_dir) / "models" / "last.pth")["model"]
 

@@ -17,11 +17,14 @@ from torchsae.config import Config
 from torchsae.train.dist import DistInfo
 
 
-def make_train_batches(cfg: Config, info: DistInfo) -> Any:
-    """This rank's endless Batch stream (``next``, ``state_dict``, ``load_state_dict``, ``close``)."""
-    from pipelines.batch import make_train_batches as make
+def rank_train_stream(cfg: Config, info: DistInfo) -> Any:
+    """This rank's endless Batch stream (``next``, ``state_dict``, ``load_state_dict``, ``close``):
+    ``pipelines.batch.make_train_batches`` for ``info``'s rank, world size and device."""
+    from pipelines.batch import make_train_batches
 
-    return make(cfg, rank=info.rank, world_size=info.world_size, device=info.device, progress=info.is_main)
+    return make_train_batches(
+        cfg, rank=info.rank, world_size=info.world_size, device=info.device, progress=info.is_main
+    )
 
 
 def make_preview_samples(cfg: Config, count: int, device: torch.device) -> dict[str, torch.Tensor]:

@@ -43,7 +43,7 @@ from torchsae.train.adversarial import (
     discriminator_steps,
     drop_reshaped_gan,
 )
-from torchsae.train.data import make_preview_samples, make_train_batches
+from torchsae.train.data import make_preview_samples, rank_train_stream
 from torchsae.train.dist import DistInfo, any_true, gather_to_main, init_distributed, shutdown
 from torchsae.train.logging import TrainLogger, memory_mb
 from torchsae.train.memory import apply_recompute, plan_for_run
@@ -150,7 +150,7 @@ def _train(cfg: Config, resume: Path | None, info: DistInfo, stop: StopRequest) 
 
     # ---- data: each rank draws its own shard; batch_size is per rank and per side ----
     _seed_everything(cfg.train.seed + 1000 * info.rank)
-    data = make_train_batches(data_cfg, info)
+    data = rank_train_stream(data_cfg, info)
     preview_set = make_preview_samples(data_cfg, PREVIEW_ROWS, device) if info.is_main else None
 
     # ---- resume ----
