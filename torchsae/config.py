@@ -18,13 +18,13 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from pipelines.backends import BACKEND_NAMES as BACKENDS  # the backend table (pipelines/backends.py)
 from torchsae.errors import ConfigError
 
 ARCHI_OPTIONS = "udtc"
 FACE_TYPES = ("h", "mf", "f", "wf", "head")
 CT_MODES = ("none", "rct", "lct", "mkl", "idt", "sot")
 MASK_POLICIES = ("xseg", "hull", "full", "require")
-BACKENDS = ("auto", "dali", "torch", "synthetic")
 AMP_MODES = ("none", "auto", "bf16", "fp16")
 OPTIMIZERS = ("adabelief", "rmsprop")
 EXPORT_LAYOUTS = ("torchsae", "dfm")

@@ -31,12 +31,10 @@ def make_preview_samples(cfg: Config, count: int, device: torch.device) -> dict[
     """``target_a, mask_a, target_b, mask_b`` for ``count`` fixed faces per side (BGR [0,1], NCHW)."""
     resolution = cfg.model.resolution
     if cfg.data.backend == "synthetic":
-        generator = torch.Generator().manual_seed(cfg.train.seed)
-        out = {}
-        for side in ("a", "b"):
-            out[f"target_{side}"] = torch.rand(count, 3, resolution, resolution, generator=generator)
-            out[f"mask_{side}"] = torch.rand(count, 1, resolution, resolution, generator=generator)
-        return {k: v.to(device) for k, v in out.items()}
+        from pipelines.synthetic import synthetic_batch
+
+        batch = synthetic_batch(count, resolution, device, seed=cfg.train.seed)
+        return {key: batch[key] for key in ("target_a", "mask_a", "target_b", "mask_b")}
 
     from pipelines.decode import decode_sample
     from pipelines.index import ensure_index

@@ -185,7 +185,8 @@ def estimate_step_memory(
     with."""
     from torch._subclasses.fake_tensor import FakeTensorMode
 
-    from torchsae.train.step import build_parts, synthetic_batch
+    from pipelines.synthetic import synthetic_batch
+    from torchsae.train.step import build_parts
 
     fake_mode = FakeTensorMode(allow_non_fake_inputs=True)
     parts = build_parts(cfg, "cpu", amp_dtype=amp_dtype, fake_mode=fake_mode)
@@ -233,8 +234,9 @@ def cuda_probe_peak(
     RNG states are restored afterwards and everything is freed; an out-of-memory error means "does
     not fit" and returns a huge number.
     """
+    from pipelines.synthetic import synthetic_batch
     from torchsae.train.speed import use_channels_last
-    from torchsae.train.step import build_parts, g_step, synthetic_batch
+    from torchsae.train.step import build_parts, g_step
 
     amp_dtype, use_scaler = resolve_amp(cfg.train.amp, device)
     parts = batch = None

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from pipelines.synthetic import synthetic_batch  # noqa: F401  (re-exported: the step and its batch)
 from torchsae.config import Config
 from torchsae.losses import SAEHDLoss
 from torchsae.models.registry import build_model
@@ -27,7 +28,6 @@ from torchsae.optim import build_optimizer
 from torchsae.train.adversarial import build_discriminators
 
 Batch = dict[str, torch.Tensor]
-SIDE_CHANNELS = (("warped", 3), ("target", 3), ("mask", 1), ("em", 1))
 
 
 @dataclass
@@ -83,18 +83,6 @@ def build_parts(
     )
     scaler = torch.amp.GradScaler(device.type, enabled=use_scaler) if use_scaler else None
     return StepParts(model, loss_fn, discs, optimizer, model, amp_dtype, scaler)
-
-
-def synthetic_batch(batch_size: int, resolution: int, device: torch.device | str, seed: int = 0) -> Batch:
-    """A random Batch of the contract's keys and value ranges (the data path excluded)."""
-    generator = torch.Generator().manual_seed(seed)
-    batch: Batch = {}
-    for side in ("a", "b"):
-        for key, channels in SIDE_CHANNELS:
-            value = torch.rand(batch_size, channels, resolution, resolution, generator=generator)
-            batch[f"{key}_{side}"] = value.to(device)
-        batch[f"index_{side}"] = torch.arange(batch_size, dtype=torch.int64, device=device)
-    return batch
 
 
 def split_batch(batch: Batch, micro_batch: int) -> Iterator[Batch]:
