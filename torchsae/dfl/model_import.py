@@ -173,7 +173,7 @@ def _load_discriminators(
 ) -> dict[str, nn.Module]:
     """The discriminators the options use, loaded from their files (DeepFaceLab's rule: a power of 0
     means the file is not loaded; a missing file means the trainer starts that discriminator anew)."""
-    from torchsae.models import CodeDiscriminator, UNetPatchDiscriminator
+    from torchsae.models.registry import build_discriminator
 
     wanted = {"code": config.loss.true_face_power > 0, "gan": config.loss.gan_power > 0}
     loaded: dict[str, nn.Module] = {}
@@ -186,10 +186,7 @@ def _load_discriminators(
         if not path.is_file():
             notes.append(f"{path.name}: not found, the {disc.name} discriminator starts from scratch")
             continue
-        if disc.name == "code":
-            module: nn.Module = CodeDiscriminator(model.code_channels, model.code_resolution)
-        else:
-            module = UNetPatchDiscriminator(config.model.resolved_gan_patch_size, 3, config.model.gan_dims)
+        module: nn.Module = build_discriminator(disc.name, config.model)
         load_network(module, path)
         loaded[disc.name] = module
     return loaded

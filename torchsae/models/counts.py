@@ -12,8 +12,7 @@ from torch import nn
 
 from torchsae.config import ModelConfig
 from torchsae.models.archi import Decoder
-from torchsae.models.discriminators import CodeDiscriminator, UNetPatchDiscriminator
-from torchsae.models.registry import build_model, model_family
+from torchsae.models.registry import build_discriminator, build_model, model_family
 
 
 def count_parameters(module: nn.Module) -> int:
@@ -53,8 +52,7 @@ def param_counts(model_cfg: ModelConfig, include_discriminators: bool = True) ->
         counts["fp32_bytes"] = counts["total"] * 4
         if include_discriminators:
             if family.code_discriminator:
-                code_d = CodeDiscriminator(*family.latent(model_cfg))
-                counts["code_discriminator"] = count_parameters(code_d)
-            patch_d = UNetPatchDiscriminator(model_cfg.resolved_gan_patch_size, 3, model_cfg.gan_dims)
+                counts["code_discriminator"] = count_parameters(build_discriminator("code", model_cfg))
+            patch_d = build_discriminator("gan", model_cfg)
             counts["unet_patch_discriminator"] = count_parameters(patch_d)
     return counts

@@ -122,4 +122,24 @@ def build_model(model_cfg: ModelConfig) -> Any:
     return model_family(model_cfg).model_class()(model_cfg)
 
 
+DISCRIMINATOR_KINDS = ("code", "gan")
+
+
+def build_discriminator(kind: str, model_cfg: ModelConfig) -> Any:
+    """A freshly initialised discriminator for ``model_cfg``: ``code`` judges the family's latent
+    (channels × size × size; only families with ``code_discriminator``), ``gan`` is the U-Net patch
+    discriminator over BGR faces (``gan_patch_size``, ``gan_dims``)."""
+    from torchsae.models.discriminators import CodeDiscriminator, UNetPatchDiscriminator
+
+    if kind == "code":
+        family = model_family(model_cfg)
+        if not family.code_discriminator:
+            names = ", ".join(repr(name) for name in families_with_code_discriminator())
+            raise ValueError(f"true_face_power: the code discriminator exists for {names} archis only")
+        return CodeDiscriminator(*family.latent(model_cfg))
+    if kind == "gan":
+        return UNetPatchDiscriminator(model_cfg.resolved_gan_patch_size, 3, model_cfg.gan_dims)
+    raise ValueError(f"discriminator {kind!r}: must be one of {', '.join(DISCRIMINATOR_KINDS)}")
+
+
 import torchsae.models.saehd_families  # noqa: E402,F401  registers df and liae

@@ -27,8 +27,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 
 from torchsae.config import Config
 from torchsae.losses import SAEHDLoss
-from torchsae.models import CodeDiscriminator, UNetPatchDiscriminator
-from torchsae.models.registry import families_with_code_discriminator, model_family
+from torchsae.models.registry import build_discriminator
 from torchsae.optim import build_optimizer, clip_grad_norm
 from torchsae.train.precision import resolve_amp
 
@@ -50,15 +49,9 @@ def build_discriminators(
     """
     discs: dict[str, nn.Module] = {}
     if loss_fn.uses_code_discriminator:
-        family = model_family(cfg.model)
-        if not family.code_discriminator:
-            names = ", ".join(repr(n) for n in families_with_code_discriminator())
-            raise ValueError(f"true_face_power: the code discriminator exists for {names} archis only")
-        discs["code"] = CodeDiscriminator(*family.latent(cfg.model)).to(device)
+        discs["code"] = build_discriminator("code", cfg.model).to(device)
     if loss_fn.uses_gan:
-        discs["gan"] = UNetPatchDiscriminator(cfg.model.resolved_gan_patch_size, 3, cfg.model.gan_dims).to(
-            device
-        )
+        discs["gan"] = build_discriminator("gan", cfg.model).to(device)
     return discs
 
 
