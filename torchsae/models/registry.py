@@ -15,7 +15,8 @@ and registered on import. Adding a family means writing one module (its ``nn.Mod
 A family's model class is built as ``cls(model_cfg)`` and provides the SAEHD interface the generic
 code path uses (docs/INTERFACES.md): ``config``, ``forward(warped_a, warped_b,
 swap_from_detached_code=False) -> dict``, ``swap(face_a)`` and ``trainable_parameters(random_warp)``
-(``torchsae.models.base.FamilyModel`` supplies the last two attributes' defaults from the family).
+(``torchsae.models.base.FamilyModel`` supplies ``config``, ``trainable_parameters`` and the latent's
+``code_channels`` / ``code_resolution`` from the declaration).
 
 This module imports no torch (``config`` validates archi names through it).
 """

@@ -124,7 +124,7 @@ def _train(cfg: Config, resume: Path | None, info: DistInfo, stop: StopRequest) 
     say = print if info.is_main else (lambda *a, **k: None)
     data_cfg = effective_config(cfg)  # pretraining: one generic faceset, everything DFL forces
     lr_dropout = data_cfg.optim.lr_dropout
-    # --memory-budget (on a GPU default: its free memory): micro-batch, accumulation, activation recompute, AMP
+    # --memory-budget (on a GPU default: its free memory): micro-batch, accumulation, recompute, AMP
     plan = plan_for_run(data_cfg, info)
     if plan is not None:
         say(plan.describe())
