@@ -11,7 +11,8 @@ from the index, never from the loader), shard by rank, are endless and resume ex
 ``state_dict``. They differ in sample order (each has its own seeded shuffle) and in decode path
 (DataLoader: simplejpeg DCT-scaled decode to about R, then resize; DALI: full-size nvJPEG or
 libjpeg-turbo decode, then resize), so pixels can differ by interpolation rounding and a run is not
-bit-identical across backends.
+bit-identical across backends; and in failure handling (the DataLoader replaces a file that fails to
+decode and counts it, DALI raises).
 
 This module imports no torch at import time (``config`` reads the table).
 """
