@@ -31,9 +31,9 @@ import torch
 
 from torchsae.config import ModelConfig, preset
 from torchsae.export.onnx import export_onnx
+from torchsae.export.session import cpu_cores, make_session
 from torchsae.export.tensorrt import missing_requirements
-from torchsae.export.verify import cpu_cores, make_session
-from torchsae.models import SAEHD
+from torchsae.models.registry import build_model
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from results import RESULTS, append_results  # noqa: E402
@@ -71,7 +71,7 @@ def machine() -> str:
     return f"{cpu}, {cpu_cores()} cores, {gpu}"
 
 
-def load_model(args: argparse.Namespace) -> tuple[SAEHD, ModelConfig]:
+def load_model(args: argparse.Namespace) -> tuple[torch.nn.Module, ModelConfig]:
     if args.checkpoint:
         from torchsae.export.source import load_model_for_export
 
@@ -81,7 +81,7 @@ def load_model(args: argparse.Namespace) -> tuple[SAEHD, ModelConfig]:
     if args.archi:
         cfg.archi = args.archi
     torch.manual_seed(0)
-    return SAEHD(cfg).eval(), cfg
+    return build_model(cfg).eval(), cfg
 
 
 def measure(args: argparse.Namespace, workdir: Path) -> tuple[list[dict], ModelConfig]:
@@ -115,10 +115,10 @@ def measure(args: argparse.Namespace, workdir: Path) -> tuple[list[dict], ModelC
 
 
 def add_gpu_runtimes(
-    runtimes: dict, model: SAEHD, cfg: ModelConfig, workdir: Path, args: argparse.Namespace
+    runtimes: dict, model: torch.nn.Module, cfg: ModelConfig, workdir: Path, args: argparse.Namespace
 ) -> None:
     """PyTorch CUDA, ONNX Runtime CUDA EP and TensorRT engines, each where available."""
-    cuda_model = SAEHD(cfg).cuda().eval()
+    cuda_model = build_model(cfg).cuda().eval()
     cuda_model.load_state_dict(model.state_dict())
 
     def torch_cuda(x: np.ndarray) -> object:

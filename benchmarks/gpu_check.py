@@ -237,7 +237,7 @@ class Plan:
                 ("df-ud 256 DFL dims, b32, bf16", dfl, 32, "bf16", "none"),
                 ("--model-size 256 (liae-udt), b8, bf16", {"size": 256}, 8, "bf16", "none"),
                 (
-                    "df-ud 384 DFL dims, b8, bf16, checkpointing all",
+                    "df-ud 384 DFL dims, b8, bf16, recompute all",
                     {**dfl, "resolution": 384},
                     8,
                     "bf16",
@@ -954,7 +954,7 @@ def stage_memory_predict(ctx: Context) -> None:
 
     dev = ctx.device
     for label, spec, batch, amp, checkpoint in ctx.plan.memory_configs:
-        base = {"config": label, "batch": batch, "amp": amp, "checkpointing": checkpoint}
+        base = {"config": label, "batch": batch, "amp": amp, "recompute": checkpoint}
         if ctx.left() < 8:
             ctx.skip(base)
             continue
@@ -1086,7 +1086,7 @@ def run_training(
     flags["train"].setdefault("preview_interval", steps)
     flags["train"].setdefault("save_interval", steps)
     config, _ = resolve_run_config(flags, model_size=model_size)
-    original = trainer.make_train_batches
+    original = trainer.rank_train_stream
     holder: dict[str, TimedStream] = {}
 
     def timed(cfg, info):
@@ -1099,7 +1099,7 @@ def run_training(
     printed = io.StringIO()
     start = time.perf_counter()
     with (
-        mock.patch.object(trainer, "make_train_batches", timed),
+        mock.patch.object(trainer, "rank_train_stream", timed),
         contextlib.redirect_stdout(_Tee(sys.stdout, printed)),
     ):
         result = trainer.train(config)

@@ -26,7 +26,11 @@ from torchsae.fileio import atomic_write_text
 from torchsae.train.memory import FIT_FRACTION, estimate_step_memory, format_bytes, plan_memory
 
 BUDGETS_GIB = (8, 12, 24)
-SETTINGS = (("fp32", None, "none"), ("bf16", torch.bfloat16, "none"), ("bf16+ckpt", torch.bfloat16, "all"))
+SETTINGS = (
+    ("fp32", None, "none"),
+    ("bf16", torch.bfloat16, "none"),
+    ("bf16+recompute", torch.bfloat16, "all"),
+)
 MAX_BATCH = 256
 DOCS = Path(__file__).resolve().parent.parent / "docs" / "MEMORY.md"
 
@@ -37,11 +41,11 @@ def _config(model: ModelConfig) -> Config:
     return cfg.validate()
 
 
-def largest_batch(cfg: Config, amp: torch.dtype | None, checkpoint: str, limit: int) -> int:
+def largest_batch(cfg: Config, amp: torch.dtype | None, recompute: str, limit: int) -> int:
     """The largest per-side batch whose estimated peak is ≤ limit (0: not even 1), by bisection."""
 
     def fits(batch: int) -> bool:
-        return estimate_step_memory(cfg, batch, checkpoint, amp).peak <= limit
+        return estimate_step_memory(cfg, batch, recompute, amp).peak <= limit
 
     if not fits(1):
         return 0
@@ -72,7 +76,7 @@ def models() -> list[tuple[str, ModelConfig]]:
 
 def table() -> str:
     head = "| res | archi | dims (ae/e/d/mask) | weights + grads + moments | update temporaries | "
-    head += " | ".join(f"{b} GiB: fp32 / bf16 / bf16+ckpt" for b in BUDGETS_GIB) + " |"
+    head += " | ".join(f"{b} GiB: fp32 / bf16 / bf16+recompute" for b in BUDGETS_GIB) + " |"
     lines = [head, "|" + "---|" * (5 + len(BUDGETS_GIB))]
     for label, model in models():
         cfg = _config(model)
@@ -128,7 +132,7 @@ was made; on a GPU the trainer's planner measures with probe steps (`torch.cuda.
 instead, and GPU-measured rows will be added here when they exist.
 
 Columns per budget: fp32 (no `--amp`) / bf16 (`--amp bf16`) / bf16 with every encoder and decoder
-block checkpointed (what `--memory-budget` turns on when needed); "{MAX_BATCH}+": the search stops there.
+block recomputed (what `--memory-budget` turns on when needed); "{MAX_BATCH}+": the search stops there.
 The discriminators are off (true_face_power and gan_power 0, DeepFaceLab's defaults); turned on, they
 add their weights, moments and activations.
 

@@ -126,9 +126,9 @@ def _to_unit(x: torch.Tensor) -> torch.Tensor:
 class Augmenter:
     """SAEHD's per-side augmentation; call once per side per step.
 
-    Options default to ``data_cfg`` (random_warp, random_flip_a/b, random_hsv_power, ct_mode); the
-    keyword arguments override them (the trainer's pretrain mode forces warp off and flips on, etc.).
-    ``flip`` overrides both sides; HSV and colour transfer always apply to side B only.
+    Options come from ``data_cfg`` (random_warp, random_flip_a/b, random_hsv_power, ct_mode); while
+    pretraining the trainer passes the effective config's (``train.pretrain.effective_config``).
+    HSV and colour transfer always apply to side B only.
     ``sampler``: ``auto`` resamples CPU batches with OpenCV and device batches with ``grid_sample``;
     ``torch`` or ``opencv`` force one (``opencv`` needs CPU tensors).
     """
@@ -139,20 +139,14 @@ class Augmenter:
         data_cfg: DataConfig,
         seed: int,
         *,
-        flip: bool | None = None,
-        random_warp: bool | None = None,
-        hsv_power: float | None = None,
-        ct_mode: str | None = None,
         sampler: str = "auto",
     ) -> None:
         self.resolution = int(resolution)
         self.seed = int(seed)
         self.flip = {"a": data_cfg.random_flip_a, "b": data_cfg.random_flip_b}
-        if flip is not None:
-            self.flip = {"a": bool(flip), "b": bool(flip)}
-        self.random_warp = data_cfg.random_warp if random_warp is None else bool(random_warp)
-        self.hsv_power = float(data_cfg.random_hsv_power if hsv_power is None else hsv_power)
-        self.ct_mode = data_cfg.ct_mode if ct_mode is None else ct_mode
+        self.random_warp = data_cfg.random_warp
+        self.hsv_power = float(data_cfg.random_hsv_power)
+        self.ct_mode = data_cfg.ct_mode
         if self.ct_mode not in CT_MODES:
             raise ValueError(f"ct_mode {self.ct_mode!r}: must be one of {', '.join(CT_MODES)}")
         if sampler not in SAMPLERS:

@@ -15,6 +15,7 @@ from typing import Any
 import torch
 
 from pipelines.index import FacesetIndex
+from pipelines.synthetic import synthetic_batches
 from torchsae.config import Config
 from torchsae.errors import TorchSAEError
 
@@ -101,23 +102,15 @@ class TrainBatches:
 class SyntheticBatches:
     """Random Batches held in device memory: measures the model and trainer without any data path.
 
-    A small pool of fixed random batches is made once and cycled, so producing a step costs nothing.
+    A small pool of fixed random batches (``pipelines.synthetic``) is made once and cycled, so
+    producing a step costs nothing.
     """
 
     def __init__(
         self, batch_size: int, resolution: int, device: str | torch.device, seed: int = 0, pool: int = 2
     ):
-        generator = torch.Generator().manual_seed(seed)
         self.device = torch.device(device)
-        self._pool = []
-        for _ in range(pool):
-            batch = {}
-            for side in ("a", "b"):
-                for key, channels in (("warped", 3), ("target", 3), ("mask", 1), ("em", 1)):
-                    value = torch.rand(batch_size, channels, resolution, resolution, generator=generator)
-                    batch[f"{key}_{side}"] = value.to(self.device)
-                batch[f"index_{side}"] = torch.arange(batch_size, dtype=torch.int64, device=self.device)
-            self._pool.append(batch)
+        self._pool = synthetic_batches(pool, batch_size, resolution, self.device, seed)
         self.step = 0
         self.failed = 0
 

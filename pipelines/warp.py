@@ -23,7 +23,7 @@ that a plain reading of the spec misses:
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -75,14 +75,6 @@ class WarpParams:
             cell=torch.full((n,), max(resolution // 2, 1), dtype=torch.int64),
             disp=torch.zeros(n, 2, MAX_CONTROL, MAX_CONTROL, dtype=torch.float64),
         )
-
-    def to(self, device: torch.device | str) -> WarpParams:
-        """The same draw on another device (draw on CPU, move once: CPU and GPU runs agree)."""
-        moved = {
-            name: getattr(self, name).to(device)
-            for name in ("rotation", "scale", "tx", "ty", "flip", "cell", "disp")
-        }
-        return replace(self, **moved)
 
     def affine_matrix(self) -> torch.Tensor:
         """``cv2.getRotationMatrix2D((w//2, w//2), rot, scale)`` plus ``(tx·w, ty·w)``: [n, 2, 3] float64."""

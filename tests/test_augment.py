@@ -140,7 +140,7 @@ def test_flip_defaults_per_side() -> None:
     flips_b = torch.cat([aug.params(50, step=s, rank=0, side="b").flip for s in range(8)])
     assert not flips_b.any()  # random_src_flip default False
     assert 0.3 < flips_a.double().mean() < 0.5  # random_dst_flip default True, p = 0.4
-    forced = Augmenter(R, DataConfig(), seed=0, flip=True)
+    forced = Augmenter(R, DataConfig(random_flip_b=True), seed=0)
     assert forced.params(200, step=0, rank=0, side="b").flip.any()
 
 

@@ -18,14 +18,19 @@ import pytest
 
 from torchsae.dfl.errors import DFLFormatError
 from torchsae.dfl.geometry import face_transform_mat, transform_points
-from torchsae.dfl.masks import (
-    eyes_mouth_mask,
-    eyes_mouth_mask_at,
-    face_masks_at,
-    full_face_mask_at,
-    hull_mask,
-)
+from torchsae.dfl.masks import eyes_mouth_mask, face_masks_at, hull_mask
 from torchsae.dfl.meta import DFLMeta, load_meta
+
+
+def full_face_mask_at(*args, **kwargs) -> np.ndarray:
+    """The FULL_FACE mask of :func:`face_masks_at`."""
+    return face_masks_at(*args, **kwargs)[0]
+
+
+def eyes_mouth_mask_at(*args, **kwargs) -> np.ndarray:
+    """The EYES_MOUTH mask of :func:`face_masks_at`."""
+    return face_masks_at(*args, **kwargs)[1]
+
 
 FIXTURES = Path(__file__).parent / "fixtures" / "dfl"
 SAMPLEPROC = FIXTURES / "sampleproc_r128"

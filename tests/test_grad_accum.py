@@ -69,7 +69,7 @@ def _config(run_dir: Path, batch_size: int, grad_accum: int, lr_dropout: bool) -
 
 
 def _run(monkeypatch: pytest.MonkeyPatch, cfg: Config) -> dict[str, torch.Tensor]:
-    monkeypatch.setattr(trainer_mod, "make_train_batches", lambda c, info: _FixedStream(c.train.batch_size))
+    monkeypatch.setattr(trainer_mod, "rank_train_stream", lambda c, info: _FixedStream(c.train.batch_size))
     trainer_mod.train(cfg)
     return ck.load_checkpoint(Path(cfg.train.run_dir) / "models" / "last.pth")["model"]
 
@@ -122,7 +122,7 @@ def test_trainer_plans_from_the_budget_on_the_cpu(
     cfg = _config(tmp_path / "run", FULL, 1, False)
     cfg.train.memory_budget = "64GiB"
     _run(monkeypatch, cfg)
-    assert "Memory plan: batch 4 per side in one pass; activation checkpointing none; amp none" in (
+    assert "Memory plan: batch 4 per side in one pass; activation recompute none; amp none" in (
         capsys.readouterr().out
     )
 

@@ -195,7 +195,8 @@ def test_backend_switch(faceset, monkeypatch: pytest.MonkeyPatch) -> None:
         make_loader("dali", faceset, batch_size=2)
     assert "\n" not in str(info.value)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
-    assert pipelines.resolve_backend("auto", "cuda") == "torch"  # no DALI: auto falls back to torch
+    with pytest.warns(UserWarning, match="DALI is not installed"):  # the fallback is announced
+        assert pipelines.resolve_backend("auto", "cuda") == "torch"  # no DALI: auto falls back to torch
 
 
 @pytest.mark.parametrize(("n", "world"), [(1, 4), (2, 7), (3, 3), (5, 2)])

@@ -14,6 +14,7 @@ from test_losses import ref_bce, ref_dssim, ref_soft_dilate, ref_style
 
 from torchsae.config import Config, LossConfig, TrainConfig
 from torchsae.losses import SAEHDLoss, blur_out_mask
+from torchsae.train.pretrain import effective_config
 
 RES = 64
 FS = 5  # int(64 / 11.6)
@@ -208,9 +209,11 @@ def test_discriminator_losses_match_reference_and_detach_generator() -> None:
 
 
 def test_pretrain_turns_off_style_and_gan_but_not_the_true_face_term() -> None:
-    fn = SAEHDLoss(
-        config(pretrain=True, face_style_power=10.0, bg_style_power=10.0, gan_power=1.0, true_face_power=0.1)
+    cfg = config(
+        pretrain=True, face_style_power=10.0, bg_style_power=10.0, gan_power=1.0, true_face_power=0.1
     )
+    cfg.data.pretrain_dir = "/faces/generic"
+    fn = SAEHDLoss(effective_config(cfg))  # the config the trainer builds its loss from
     assert not fn.needs_swap_ng and not fn.uses_gan
     assert fn.uses_code_discriminator and not fn.trains_code_discriminator
     b, o = make_case()

@@ -25,7 +25,7 @@ from torchsae.train.memory import (
     plan_memory,
     saved_tensor_bytes,
 )
-from torchsae.train.recompute import apply_checkpointing, checkpoint_targets
+from torchsae.train.recompute import apply_recompute, recompute_targets
 from torchsae.train.step import build_parts, synthetic_batch
 
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -148,7 +148,7 @@ def test_checkpointing_reduces_the_estimate_and_the_real_saved_bytes() -> None:
     real = []
     for mode in ("none", "decoder", "all"):
         parts = build_parts(cfg, "cpu")
-        apply_checkpointing(parts.model, mode)
+        apply_recompute(parts.model, mode)
         count, _ = saved_tensor_bytes(
             lambda p=parts: p.model(batch["warped_a"], batch["warped_b"]), exclude=parts.model.parameters()
         )
@@ -163,7 +163,7 @@ def test_checkpointing_keeps_outputs_and_gradients() -> None:
     for mode in ("none", "all"):
         torch.manual_seed(0)
         parts = build_parts(cfg, "cpu")
-        assert apply_checkpointing(parts.model, mode) == len(checkpoint_targets(parts.model, mode))
+        assert apply_recompute(parts.model, mode) == len(recompute_targets(parts.model, mode))
         out = parts.model(batch["warped_a"], batch["warped_b"])
         loss, _ = parts.loss_fn(out, batch)
         loss.backward()
@@ -174,18 +174,18 @@ def test_checkpointing_keeps_outputs_and_gradients() -> None:
         torch.testing.assert_close(grads[1][name], grads[0][name], rtol=1e-5, atol=1e-7, msg=name)
 
 
-def test_checkpoint_targets() -> None:
+def test_recompute_targets() -> None:
     parts = build_parts(_config(), "cpu")
-    decoder = checkpoint_targets(parts.model, "decoder")
-    every = checkpoint_targets(parts.model, "all")
+    decoder = recompute_targets(parts.model, "decoder")
+    every = recompute_targets(parts.model, "all")
     decoder_modules = {
         id(m) for name in ("decoder_a", "decoder_b") for m in getattr(parts.model, name).modules()
     }
     assert decoder and all(id(m) in decoder_modules for m in decoder)
     assert len(every) > len(decoder) and set(map(id, decoder)) <= set(map(id, every))
-    assert checkpoint_targets(parts.model, "none") == []
+    assert recompute_targets(parts.model, "none") == []
     with pytest.raises(ConfigError):
-        checkpoint_targets(parts.model, "some")
+        recompute_targets(parts.model, "some")
 
 
 def _linear_predictor(base: int, per_sample: dict[tuple[str, str], int]):
@@ -232,7 +232,7 @@ def test_planner_picks_the_fastest_setting_that_fits(
     predictor = _linear_predictor(1000, PER_SAMPLE)
     limit = int(budget / FIT_FRACTION) + 1  # the plan may use FIT_FRACTION of the budget
     plan = plan_memory(cfg, torch.device("cpu"), budget=limit, predictor=predictor)
-    assert (plan.micro_batch, plan.grad_accum, plan.checkpoint, plan.amp) == (
+    assert (plan.micro_batch, plan.grad_accum, plan.recompute, plan.amp) == (
         micro,
         8 // micro,
         checkpoint,
@@ -250,7 +250,7 @@ def test_planner_keeps_an_explicit_amp_and_fails_clearly() -> None:
     predictor = _linear_predictor(1000, PER_SAMPLE)
     plan = plan_memory(cfg, torch.device("cpu"), budget=10**6, predictor=predictor)
     assert plan.amp == "bf16" and {c[0] for c in predictor.calls} == {"bf16"}
-    with pytest.raises(MemoryBudgetError, match=r"memory_budget .*micro-batch 1, checkpointing all"):
+    with pytest.raises(MemoryBudgetError, match=r"memory_budget .*micro-batch 1, recompute all"):
         plan_memory(cfg, torch.device("cpu"), budget=1000, predictor=predictor)
 
 
@@ -267,7 +267,7 @@ def test_planner_with_the_cpu_estimate_micro_batches_to_fit() -> None:
     assert two < four
     budget = int((two + four) / 2 / FIT_FRACTION)
     plan = plan_memory(cfg, torch.device("cpu"), budget=budget)
-    assert (plan.micro_batch, plan.grad_accum, plan.checkpoint) == (2, 2, "all")
+    assert (plan.micro_batch, plan.grad_accum, plan.recompute) == (2, 2, "all")
     assert plan.predicted_peak == two
     assert "2 micro-batches of 2" in plan.describe() and "estimated on the CPU" in plan.describe()
 
@@ -287,11 +287,11 @@ def test_cuda_plan_fits_the_measured_peak() -> None:
     torch.cuda.reset_peak_memory_stats(device)
     base = torch.cuda.memory_allocated(device)
     parts = build_parts(step_cfg, device)
-    apply_checkpointing(parts.model, plan.checkpoint)
+    apply_recompute(parts.model, plan.recompute)
     batch = synthetic_batch(8, 128, device)
     for _ in range(2):
         g_step(parts, list(split_batch(batch, plan.micro_batch)))
     measured = torch.cuda.max_memory_allocated(device) - base
     assert measured <= budget
-    estimate = estimate_step_memory(step_cfg, plan.micro_batch, plan.checkpoint).peak
+    estimate = estimate_step_memory(step_cfg, plan.micro_batch, plan.recompute).peak
     assert 0.5 < estimate / measured < 2.0

@@ -19,7 +19,7 @@ from torchsae.losses import SAEHDLoss
 from torchsae.models import SAEHD
 from torchsae.train import checkpoint as ck
 from torchsae.train.adversarial import build_discriminators
-from torchsae.train.pretrain import pretrain_view, reinit_inters
+from torchsae.train.pretrain import effective_config, pretrain_view, reinit_inters
 from torchsae.train.runconfig import resolve_run_config
 from torchsae.train.trainer import state_digest, train
 
@@ -145,6 +145,21 @@ def test_pretrain_view_forces_dfl_settings_and_needs_a_folder() -> None:
     assert cfg.data.ct_mode == "sot" and cfg.data.random_warp  # the user's config is left alone
     cfg.data.pretrain_dir, cfg.data.backend = None, "synthetic"  # benchmarks need no folder
     assert pretrain_view(cfg).data.uniform_yaw
+
+
+def test_effective_config_is_the_whole_pretraining_config() -> None:
+    """One function gives everything pretraining forces: data (above), loss and optimiser."""
+    cfg = Config()
+    cfg.loss.face_style_power, cfg.loss.bg_style_power, cfg.loss.gan_power = 10.0, 5.0, 1.0
+    cfg.loss.true_face_power, cfg.optim.lr_dropout = 0.1, True
+    cfg.model.archi = "df-ud"
+    assert effective_config(cfg) is cfg
+    cfg.train.pretrain, cfg.data.pretrain_dir = True, "/faces/generic"
+    eff = effective_config(cfg)
+    assert (eff.loss.face_style_power, eff.loss.bg_style_power, eff.loss.gan_power) == (0.0, 0.0, 0.0)
+    assert eff.loss.true_face_power == 0.1 and not eff.optim.lr_dropout  # the true-face G term stays
+    assert cfg.loss.gan_power == 1.0 and cfg.optim.lr_dropout  # the user's config is left alone
+    assert pretrain_view is effective_config
 
 
 def test_reinit_inters_touches_only_the_inters(tmp_path: Path) -> None:

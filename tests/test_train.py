@@ -58,7 +58,7 @@ def test_half_resume_half_is_bitwise_identical(tmp_path: Path, faceset, lr_dropo
     assert bool(a["optimizers"]["model"]["lr_dropout_rng"]) == lr_dropout
     # and training really moved the weights (a resume that loads nothing would also be "identical")
     fresh = tiny_config(tmp_path / "fresh", faceset, 1)
-    from torchsae.train.trainer import SAEHD
+    from torchsae.models import SAEHD
 
     torch.manual_seed(fresh.train.seed)
     assert state_digest(SAEHD(fresh.model).state_dict()) != state_digest(a["model"])

@@ -24,7 +24,7 @@ from pipelines.yaw import (
 )
 from torchsae.demo.faceset import make_demo_faceset, scene_for
 from torchsae.demo.geometry import build_face
-from torchsae.demo.params import PRESETS
+from torchsae.demo.params import DEMO_IDENTITIES
 
 
 def _demo_faces(count: int) -> list[tuple[float, np.ndarray]]:
@@ -33,7 +33,7 @@ def _demo_faces(count: int) -> list[tuple[float, np.ndarray]]:
     for name in "AB":
         for i in range(count):
             scene = scene_for(0, 0, name, i)
-            out.append((scene.yaw, build_face(PRESETS[name], scene).landmarks.astype(np.float64)))
+            out.append((scene.yaw, build_face(DEMO_IDENTITIES[name], scene).landmarks.astype(np.float64)))
     return out
 
 
@@ -60,7 +60,7 @@ def test_yaw_tracks_an_independent_face_model() -> None:
     assert 0.5 < slope < 1.3 and abs(intercept) < 2.0  # another face shape: scale differs a little
     assert (np.sign(est[np.abs(true) > 5]) == np.sign(true[np.abs(true) > 5])).all()
     frontal = dataclasses.replace(scene_for(0, 0, "A", 1), yaw=0.0, pitch=0.0, roll=0.0)
-    assert abs(math.degrees(estimate_yaw(build_face(PRESETS["A"], frontal).landmarks, 512))) < 2.0
+    assert abs(math.degrees(estimate_yaw(build_face(DEMO_IDENTITIES["A"], frontal).landmarks, 512))) < 2.0
 
 
 def test_mirrored_face_has_the_negated_yaw() -> None:

@@ -18,14 +18,13 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from pipelines.backends import BACKEND_NAMES as BACKENDS  # the backend table (pipelines/backends.py)
 from torchsae.errors import ConfigError
 
-ARCHI_TYPES = ("df", "liae")
 ARCHI_OPTIONS = "udtc"
 FACE_TYPES = ("h", "mf", "f", "wf", "head")
 CT_MODES = ("none", "rct", "lct", "mkl", "idt", "sot")
 MASK_POLICIES = ("xseg", "hull", "full", "require")
-BACKENDS = ("auto", "dali", "torch", "synthetic")
 AMP_MODES = ("none", "auto", "bf16", "fp16")
 OPTIMIZERS = ("adabelief", "rmsprop")
 PROGRESS_MODES = ("auto", "bar", "plain", "none")  # console progress: see torchsae.train.report
@@ -58,9 +57,13 @@ def round_up_even(value: int) -> int:
 
 def parse_archi(archi: str) -> tuple[str, str]:
     """Split ``'liae-udt'`` into ``('liae', 'udt')``; raise ConfigError on anything else."""
+    from torchsae.models.registry import family_names  # the model families (no torch import)
+
     base, _, opts = archi.partition("-")
-    if base not in ARCHI_TYPES:
-        raise ConfigError(f"archi {archi!r}: type must be one of {', '.join(ARCHI_TYPES)} (e.g. 'liae-ud')")
+    if base not in family_names():
+        raise ConfigError(
+            f"archi {archi!r}: type must be one of {', '.join(family_names())} (e.g. 'liae-ud')"
+        )
     bad = sorted(set(opts) - set(ARCHI_OPTIONS))
     if bad or len(set(opts)) != len(opts):
         raise ConfigError(
@@ -92,6 +95,13 @@ class ModelConfig:
     def archi_options(self) -> str:
         """The option letters after the dash, e.g. ``'ud'``."""
         return parse_archi(self.archi)[1]
+
+    @property
+    def family(self) -> Any:
+        """The ``torchsae.models.registry.ModelFamily`` of this archi (its declared parts and latent)."""
+        from torchsae.models.registry import model_family
+
+        return model_family(self)
 
     def has(self, option: str) -> bool:
         """Whether the archi string carries option letter ``option`` (one of u, d, t, c)."""
@@ -294,8 +304,11 @@ class Config:
         """Validate every section and the cross-section rules; return self for chaining."""
         for section in (self.model, self.data, self.loss, self.optim, self.train, self.export):
             section.validate()
-        if self.loss.true_face_power > 0 and self.model.archi_type != "df":
-            raise ConfigError("true_face_power: the code discriminator exists for 'df' archis only")
+        if self.loss.true_face_power > 0 and not self.model.family.code_discriminator:
+            from torchsae.models.registry import families_with_code_discriminator
+
+            names = ", ".join(repr(name) for name in families_with_code_discriminator())
+            raise ConfigError(f"true_face_power: the code discriminator exists for {names} archis only")
         return self
 
     def to_dict(self) -> dict[str, Any]:

@@ -56,7 +56,10 @@ def lr_at(step: int, base_lr: float, lr_dropout: bool) -> float:
 
 
 def effective_lr_dropout(optim_cfg: OptimConfig, pretrain: bool = False) -> bool:
-    """Whether lr dropout (and its cosine schedule) is active: pretraining forces it off (spec §4)."""
+    """Whether lr dropout (and its cosine schedule) is active: pretraining forces it off (spec §4).
+
+    The trainer reads ``optim.lr_dropout`` of ``train.pretrain.effective_config``, which applies this
+    rule; this helper (and ``build_optimizer(pretrain=)``) serve callers holding a stored config."""
     return bool(optim_cfg.lr_dropout) and not pretrain
 
 

@@ -18,15 +18,8 @@ from torchsae.config import ModelConfig, preset
 
 _MIB = 1024 * 1024
 
-# Display order and labels; keys absent for an archi (e.g. inter_ab for df) are skipped.
+# Rows after the model family's own (its declared count_rows); keys absent from the counts are skipped.
 _ROWS = (
-    ("encoder", "encoder"),
-    ("inter", "inter"),
-    ("inter_ab", "inter_ab"),
-    ("inter_b", "inter_b"),
-    ("decoder_a", "decoder_a (DFL decoder_dst)"),
-    ("decoder_b", "decoder_b (DFL decoder_src)"),
-    ("decoder", "decoder"),
     ("total", "total (autoencoder)"),
     ("code_discriminator", "code discriminator (true_face_power)"),
     ("unet_patch_discriminator", "U-Net patch discriminator (gan_power)"),
@@ -82,7 +75,8 @@ def format_table(info: dict) -> str:
         f"d_mask {m['d_mask_dims']}, lowest dense res {m['lowest_dense_res']}",
         f"{'network':<40}{'parameters':>14}{'fp32 MiB':>11}",
     ]
-    for key, label in _ROWS:
+    family = ModelConfig(archi=m["archi"]).family
+    for key, label in family.count_rows + _ROWS:
         if key in counts:
             if key == next(k for k in _DISCRIMINATORS if k in counts):
                 lines.append("optional discriminators (not in the total):")

@@ -178,7 +178,7 @@ TRAIN_OPTIONS = [
     click.option(
         "--memory-budget",
         help="Per-GPU memory to fit the step in, e.g. 8GiB (GPU default: its free memory): picks the "
-        "micro-batch, gradient accumulation, activation checkpointing and AMP; prints the plan.",
+        "micro-batch, gradient accumulation, activation recompute and AMP; prints the plan.",
     ),
     _flag("compile", "torch.compile the model (falls back to eager with a warning if it fails)."),
     click.option("--device", help="auto (default), cpu, cuda or cuda:N."),

@@ -8,11 +8,11 @@ with its landmarks and mask. Only numpy and OpenCV are needed (no torch).
 from __future__ import annotations
 
 from torchsae.demo.faceset import DemoFaceset, make_demo_faceset, scene_for
-from torchsae.demo.params import PRESETS, Identity, Scene, identity_for, sample_scene
+from torchsae.demo.params import DEMO_IDENTITIES, Identity, Scene, identity_for, sample_scene
 from torchsae.demo.render import RenderedFace, render_face
 
 __all__ = [
-    "PRESETS",
+    "DEMO_IDENTITIES",
     "DemoFaceset",
     "Identity",
     "RenderedFace",

@@ -123,7 +123,7 @@ def sample_scene(rng: np.random.Generator) -> Scene:
 # Two hand-made, clearly different people for the default A/B demo: separable at a glance (skin,
 # face shape, hair, eyes) so a swap that works is visible in the preview, and a swap that does not
 # is visible in the score.
-PRESETS: dict[str, Identity] = {
+DEMO_IDENTITIES: dict[str, Identity] = {
     "A": Identity(
         name="A",
         skin=(150.0, 182.0, 226.0),
@@ -234,11 +234,11 @@ def random_identity(name: str, rng: np.random.Generator) -> Identity:
 
 
 def identity_for(name: str) -> Identity:
-    """The preset for ``"A"``/``"B"``; any other name gets a random person seeded by the name itself.
+    """The hand-made person for ``"A"``/``"B"``; any other name gets a random person seeded by the name itself.
 
     Identity does not depend on the faceset seed: the seed changes which pictures are drawn, not who
     is in them, so "A" is the same person in every demo run.
     """
-    if name in PRESETS:
-        return PRESETS[name]
+    if name in DEMO_IDENTITIES:
+        return DEMO_IDENTITIES[name]
     return random_identity(name, np.random.default_rng(zlib.crc32(name.encode("utf-8"))))

@@ -18,13 +18,14 @@ import time
 from pathlib import Path
 
 import torch
+from torch import nn
 
 from torchsae.config import Config, ModelConfig
 from torchsae.demo.faceset import make_demo_faceset
 from torchsae.demo.score import SwapScore, format_scores, no_swap_score, swap_score
 from torchsae.export.source import load_model_for_export
 from torchsae.fileio import atomic_write_text
-from torchsae.models import SAEHD
+from torchsae.models.registry import build_model
 from torchsae.train.checkpoint import find_last_checkpoint
 from torchsae.train.trainer import train
 
@@ -61,13 +62,13 @@ def demo_config(run_dir: Path, faceset_root: Path, steps: int, seed: int, resolu
     return cfg.validate()
 
 
-def untrained_model(cfg: Config) -> SAEHD:
+def untrained_model(cfg: Config) -> nn.Module:
     """The model exactly as the trainer initialises it at step 0 (same seed, same init order)."""
     torch.manual_seed(cfg.train.seed)
-    return SAEHD(cfg.model)
+    return build_model(cfg.model)
 
 
-def export_if_available(model: SAEHD, config: Config, step: int, output: Path) -> str:
+def export_if_available(model: nn.Module, config: Config, step: int, output: Path) -> str:
     """Export the trained swap to ONNX with the export helper when this install has it."""
     try:
         from torchsae.export.onnx import export_onnx

@@ -182,28 +182,3 @@ def face_masks_at(
     if peak > 0:
         em = em / peak
     return full, em
-
-
-def full_face_mask_at(
-    meta: DFLMeta,
-    image_hw: tuple[int, int],
-    resolution: int,
-    policy: str = "xseg",
-    source: str = "face",
-    face_type: str | None = None,
-) -> np.ndarray:
-    """The FULL_FACE mask at ``resolution`` (see :func:`face_masks_at`)."""
-    mat = _recrop(meta, resolution, face_type, source)
-    return _to_resolution(_face_mask_at_image_size(meta, image_hw, policy, source), resolution, mat)
-
-
-def eyes_mouth_mask_at(
-    meta: DFLMeta,
-    image_hw: tuple[int, int],
-    resolution: int,
-    policy: str = "xseg",
-    source: str = "face",
-    face_type: str | None = None,
-) -> np.ndarray:
-    """The EYES_MOUTH mask at ``resolution`` (see :func:`face_masks_at`)."""
-    return face_masks_at(meta, image_hw, resolution, policy, source, face_type)[1]

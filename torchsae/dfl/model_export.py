@@ -1,8 +1,8 @@
 """A TorchSAE checkpoint -> a DeepFaceLab SAEHD model folder (the inverse of ``model_import``).
 
-What is written (``model_writer`` writes the files; the names and layouts are the importer's own
-tables, ``NETWORKS``, ``DISCRIMINATORS``, ``SLOTS``, ``slot_key`` and ``models.tf_layout``, so both
-directions share one mapping):
+What is written (``model_writer`` writes the files; the names and layouts are the ones the importer
+reads: the model family's ``dfl_files``, ``DISCRIMINATORS``, ``SLOTS``, ``slot_key`` and
+``models.tf_layout``, so both directions share one mapping):
 
 * one weight pickle per network, ``{'<sub/path>/weight:0': float32 ndarray}`` in TensorFlow layouts,
   keys in the network's own order. DF: ``encoder``, ``inter``, ``decoder_src`` (= decoder B),
@@ -30,9 +30,7 @@ from torchsae.dfl.errors import DFLExportError
 from torchsae.dfl.model_import import (
     DISCRIMINATORS,
     G_OPTIMIZER_FILE,
-    NETWORKS,
     SLOTS,
-    build_discriminator,
     slot_key,
 )
 from torchsae.dfl.model_writer import (
@@ -155,7 +153,7 @@ def export_dfl_model(
 
     from torchsae.config import Config
     from torchsae.errors import TorchSAEError
-    from torchsae.models import SAEHD
+    from torchsae.models.registry import build_discriminator, build_model
     from torchsae.train.checkpoint import load_checkpoint
 
     checkpoint, folder = Path(checkpoint), Path(folder)
@@ -174,9 +172,9 @@ def export_dfl_model(
     notes: list[str] = []
 
     with torch.device("meta"):  # names, order and shapes only
-        model = SAEHD(config.model)
+        model = build_model(config.model)
     files: dict[str, Any] = {}
-    g_modules = [(net, attr, getattr(model, attr)) for net, attr in NETWORKS[config.model.archi_type]]
+    g_modules = [(net, attr, getattr(model, attr)) for net, attr in config.model.family.dfl_files]
     for net, attr, module in g_modules:
         files[f"{net}.npy"] = network_weights(module, _sub_state(state["model"], attr), f"{source} [{attr}]")
     networks = [net for net, _, _ in g_modules]
@@ -200,7 +198,7 @@ def export_dfl_model(
             notes.append(f"the checkpoint has no {disc.name} discriminator; DeepFaceLab starts it anew")
             continue
         with torch.device("meta"):
-            module = build_discriminator(disc.name, model, config)
+            module = build_discriminator(disc.name, config.model)
         files[f"{disc.weights_file}.npy"] = network_weights(
             module, discs[disc.name], f"{source} [discriminators.{disc.name}]"
         )

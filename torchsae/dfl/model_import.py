@@ -42,21 +42,6 @@ if TYPE_CHECKING:
 
     from torchsae.config import Config
 
-# DeepFaceLab network file -> SAEHD submodule, per archi type. src is B, dst is A.
-NETWORKS: dict[str, tuple[tuple[str, str], ...]] = {
-    "df": (
-        ("encoder", "encoder"),
-        ("inter", "inter"),
-        ("decoder_src", "decoder_b"),
-        ("decoder_dst", "decoder_a"),
-    ),
-    "liae": (
-        ("encoder", "encoder"),
-        ("inter_AB", "inter_ab"),
-        ("inter_B", "inter_b"),
-        ("decoder", "decoder"),
-    ),
-}
 G_OPTIMIZER_FILE = "src_dst_opt"
 
 
@@ -183,15 +168,6 @@ def _optimizer_state(params: list, moments: dict, config: Config) -> dict[str, A
     return opt.state_dict()
 
 
-def build_discriminator(name: str, model: nn.Module, config: Config) -> nn.Module:
-    """The discriminator ``name`` ('code' or 'gan') as the trainer builds it for ``model``."""
-    from torchsae.models import CodeDiscriminator, UNetPatchDiscriminator
-
-    if name == "code":
-        return CodeDiscriminator(model.code_channels, model.code_resolution)
-    return UNetPatchDiscriminator(config.model.resolved_gan_patch_size, 3, config.model.gan_dims)
-
-
 def plain_options(options: dict[str, Any]) -> dict[str, Any]:
     """DeepFaceLab options as plain Python values a ``weights_only`` checkpoint can hold (numpy
     scalars -> int/float/bool; anything not a scalar is left out)."""
@@ -208,6 +184,8 @@ def _load_discriminators(
 ) -> dict[str, nn.Module]:
     """The discriminators the options use, loaded from their files (DeepFaceLab's rule: a power of 0
     means the file is not loaded; a missing file means the trainer starts that discriminator anew)."""
+    from torchsae.models.registry import build_discriminator
+
     wanted = {"code": config.loss.true_face_power > 0, "gan": config.loss.gan_power > 0}
     loaded: dict[str, nn.Module] = {}
     for disc in DISCRIMINATORS:
@@ -219,7 +197,7 @@ def _load_discriminators(
         if not path.is_file():
             notes.append(f"{path.name}: not found, the {disc.name} discriminator starts from scratch")
             continue
-        module = build_discriminator(disc.name, model, config)
+        module: nn.Module = build_discriminator(disc.name, config.model)
         load_network(module, path)
         loaded[disc.name] = module
     return loaded
@@ -231,7 +209,7 @@ def import_dfl_model(folder: str | Path, output: str | Path, model_name: str | N
     Raises a TorchSAEError naming the file (and key) for anything missing, truncated, mismatched or
     hostile; ``output`` is written only after everything has been read and converted.
     """
-    from torchsae.models import SAEHD
+    from torchsae.models.registry import build_model
     from torchsae.train.checkpoint import save_checkpoint
 
     folder, output = Path(folder), Path(output)
@@ -242,8 +220,9 @@ def import_dfl_model(folder: str | Path, output: str | Path, model_name: str | N
     warnings = [describe_unsupported(imported.unsupported)] if imported.unsupported else []
     notes = list(imported.notes)
 
-    model = SAEHD(config.model)  # every weight is overwritten below
-    g_modules = [(net, getattr(model, attr)) for net, attr in NETWORKS[config.model.archi_type]]
+    model = build_model(config.model)  # every weight is overwritten below
+    # DeepFaceLab network file -> submodule, as the model family declares it (src is B, dst is A)
+    g_modules = [(net, getattr(model, attr)) for net, attr in config.model.family.dfl_files]
     for net, module in g_modules:
         load_network(module, net_path(folder, name, net))
     networks = [net for net, _ in g_modules]

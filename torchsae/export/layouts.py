@@ -125,7 +125,7 @@ def check_dfm_contract(model: str | bytes, *, run: bool = True, batch: int = 2) 
     """
     import onnx
 
-    from torchsae.export.verify import make_session
+    from torchsae.export.session import make_session
 
     source = model if isinstance(model, str) else "<onnx bytes>"
     header = (

@@ -18,13 +18,13 @@ from torchsae.export.errors import ExportError
 def load_model_for_export(
     checkpoint: str | Path, model_size: int | None = None
 ) -> tuple[nn.Module, Config, int]:
-    """Build ``SAEHD`` from ``checkpoint`` and load its weights; check ``model_size`` if given.
+    """Build the model (``build_model``) from ``checkpoint`` and load its weights; check ``model_size`` if given.
 
     ``model_size`` is the resolution the user expects (``--model-size``); a checkpoint of another
     resolution is an ExportError naming both, since exporting a graph of the wrong size would only
     fail later inside DeepFaceLive or TensorRT.
     """
-    from torchsae.models import SAEHD
+    from torchsae.models.registry import build_model
     from torchsae.train.checkpoint import load_checkpoint
 
     path = Path(checkpoint)
@@ -43,7 +43,7 @@ def load_model_for_export(
             f"{path}: --model-size {model_size} does not match the checkpoint, which was trained at "
             f"resolution {resolution} (omit --model-size or pass {resolution})"
         )
-    model = SAEHD(config.model)
+    model = build_model(config.model)
     try:
         model.load_state_dict(state["model"])
     except RuntimeError as exc:

@@ -13,7 +13,6 @@ Tolerances (max abs difference on outputs in [0, 1]):
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -23,6 +22,7 @@ from torch import nn
 
 from torchsae.export.errors import ExportError, VerificationError
 from torchsae.export.layouts import LAYOUTS
+from torchsae.export.session import cpu_cores, make_session  # noqa: F401  (re-exported)
 
 FP32_TOLERANCE = 1e-4
 FP16_TOLERANCE = 1e-2
@@ -32,51 +32,6 @@ IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 def tolerance_for(dtype: str) -> float:
     """The max-abs-difference bound an export of ``dtype`` ('fp32' or 'fp16') must meet."""
     return FP16_TOLERANCE if dtype == "fp16" else FP32_TOLERANCE
-
-
-def cpu_cores() -> int:
-    """Cores this process may use (affinity-aware where the platform tells us)."""
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:  # not on Linux
-        return max(1, os.cpu_count() or 1)
-
-
-def make_session(
-    model: str | Path | bytes,
-    providers: list[str] | None = None,
-    threads: int | None = None,
-    spin: bool = False,
-):
-    """An ONNX Runtime session with the settings we benchmark and verify with.
-
-    Intra-op threads = the usable cores and every graph optimisation enabled: the defaults a user
-    deploying the model should copy, and the ones ``benchmarks/export_latency.py`` measures.
-    Spinning worker threads cut latency on an idle machine but waste whole cores when the machine
-    is shared (a training run, a test suite), so only the benchmark turns it on.
-    """
-    try:
-        import onnxruntime as ort
-    except ImportError as exc:  # not in install_requires: onnxruntime and onnxruntime-gpu conflict
-        raise ExportError(
-            "exports are verified with ONNX Runtime, which is not installed: "
-            "pip install 'torchsae[cpu]' (or 'torchsae[gpu]' on GPU machines)"
-        ) from exc
-
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads or cpu_cores()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    options.log_severity_level = 3
-    if not spin:
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    source = str(model) if isinstance(model, Path) else model
-    try:
-        return ort.InferenceSession(
-            source, sess_options=options, providers=providers or ["CPUExecutionProvider"]
-        )
-    except Exception as exc:  # onnxruntime raises its own exception types for unreadable models
-        name = source if isinstance(source, str) else "<onnx bytes>"
-        raise ExportError(f"{name}: ONNX Runtime cannot load the model: {exc}") from exc
 
 
 def load_faces(directory: str | Path, resolution: int, limit: int = 8) -> np.ndarray:

@@ -86,6 +86,21 @@ def _taps_tensor(taps: np.ndarray, device: torch.device, dtype: torch.dtype) -> 
     return cached
 
 
+@contextlib.contextmanager
+def kernel_cache_scope() -> Iterator[None]:
+    """Forget the filter kernels cached inside the block when it ends (the cache is restored).
+
+    For runs under ``FakeTensorMode`` (the memory estimate): the cache is keyed by device, and a fake
+    "cpu" kernel left in it would turn a later real CPU step's gradients fake.
+    """
+    before = dict(_TAPS_CACHE)
+    try:
+        yield
+    finally:
+        _TAPS_CACHE.clear()
+        _TAPS_CACHE.update(before)
+
+
 def separable_filter(x: torch.Tensor, taps: np.ndarray, padding: int) -> torch.Tensor:
     """Depthwise 2-D filter of NCHW ``x`` with the kernel ``outer(taps, taps)``, zero padding ``padding``.
 

@@ -40,8 +40,9 @@ PatchDiscriminator = Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
 class SAEHDLoss(nn.Module):
     """SAEHD's loss for one training step, configured from ``Config.loss`` (and ``train.pretrain``).
 
-    Pretraining forces the style powers and the GAN off, as DeepFaceLab does; the true-face G term
-    stays (DFL only skips the code-D *step* in pretraining, see :attr:`trains_code_discriminator`).
+    Give it the run's effective config (``torchsae.train.pretrain.effective_config``): pretraining
+    turns the style powers and the GAN off there, as DeepFaceLab does; the true-face G term stays
+    (DFL only skips the code-D *step* in pretraining, see :attr:`trains_code_discriminator`).
     The working resolution is taken from the tensors, so the DSSIM windows always fit the images.
     """
 
@@ -52,9 +53,9 @@ class SAEHDLoss(nn.Module):
         self.masked_training = loss.masked_training
         self.eyes_mouth_prio = loss.eyes_mouth_prio
         self.apply_blur_out_mask = loss.blur_out_mask
-        self.face_style_power = 0.0 if pretrain else float(loss.face_style_power)
-        self.bg_style_power = 0.0 if pretrain else float(loss.bg_style_power)
-        self.gan_power = 0.0 if pretrain else float(loss.gan_power)
+        self.face_style_power = float(loss.face_style_power)
+        self.bg_style_power = float(loss.bg_style_power)
+        self.gan_power = float(loss.gan_power)
         self.true_face_power = float(loss.true_face_power)
         self.pretrain = pretrain
 

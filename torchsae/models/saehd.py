@@ -11,15 +11,18 @@ Inputs and outputs are NCHW, images BGR in [0, 1], masks (N, 1, R, R) in [0, 1].
 from __future__ import annotations
 
 import torch
-from torch import nn
 
 from torchsae.config import ModelConfig
 from torchsae.models.archi import Decoder, Encoder, Inter
+from torchsae.models.base import FamilyModel
 from torchsae.models.layers import glorot_init_
 
 
-class SAEHD(nn.Module):
+class SAEHD(FamilyModel):
     """DF or LIAE autoencoder; submodule names are those of ``docs/INTERFACES.md``.
+
+    Built through ``torchsae.models.registry.build_model``; the families ``df`` and ``liae`` are
+    declared in ``torchsae.models.saehd_families`` (latent, frozen and re-initialised parts, files).
 
     Encoder and inter run once on A and B concatenated along the batch (the nets have no batch
     statistics, so this equals running them separately and saves kernel launches); decoders likewise
@@ -27,9 +30,7 @@ class SAEHD(nn.Module):
     """
 
     def __init__(self, model_cfg: ModelConfig) -> None:
-        super().__init__()
-        model_cfg.validate()
-        self.config = model_cfg
+        super().__init__(model_cfg)
         self.archi_type = model_cfg.archi_type
         t, cos = model_cfg.has("t"), model_cfg.has("c")
         ae = model_cfg.ae_dims
@@ -47,17 +48,6 @@ class SAEHD(nn.Module):
             self.inter_b = Inter(flat, ae, ae * 2, lowest, t=t, cosine=cos)
             self.decoder = Decoder(ae * 4, d, dm, d=model_cfg.has("d"), t=t, cosine=cos)
         glorot_init_(self)
-
-    @property
-    def code_channels(self) -> int:
-        """Channels of ``code_a`` / ``code_b``: ae_dims for DF, 4·ae_dims for LIAE."""
-        return self.config.ae_dims * (1 if self.archi_type == "df" else 4)
-
-    @property
-    def code_resolution(self) -> int:
-        """Spatial size of the codes: 2L, or L with option ``t`` (the code discriminator's input)."""
-        inter = self.inter if self.archi_type == "df" else self.inter_ab
-        return inter.out_res
 
     def forward(
         self, warped_a: torch.Tensor, warped_b: torch.Tensor, swap_from_detached_code: bool = False
@@ -118,27 +108,3 @@ class SAEHD(nn.Module):
         swapped, swapped_mask = self.decoder(torch.cat([ab, ab], dim=1))
         face_mask = self.decoder.forward_mask(torch.cat([self.inter_b(flat), ab], dim=1))
         return swapped, swapped_mask, face_mask
-
-    def reconstruct(self, face: torch.Tensor, side: str) -> tuple[torch.Tensor, torch.Tensor]:
-        """Face -> (image, mask) through its own side's path (``side`` 'a' or 'b'), for previews."""
-        if side not in ("a", "b"):
-            raise ValueError(f"side must be 'a' or 'b', got {side!r}")
-        flat = self.encoder(face)
-        if self.archi_type == "df":
-            decoder = self.decoder_a if side == "a" else self.decoder_b
-            return decoder(self.inter(flat))
-        ab = self.inter_ab(flat)
-        first = self.inter_b(flat) if side == "a" else ab
-        return self.decoder(torch.cat([first, ab], dim=1))
-
-    def trainable_parameters(self, random_warp: bool) -> list[nn.Parameter]:
-        """The parameters the autoencoder optimiser updates.
-
-        DeepFaceLab freezes LIAE's ``inter_ab`` when random_warp is off (spec §2.4): once the shared
-        AB space has been learnt from warped faces, fine-tuning on unwarped faces trains only encoder,
-        inter_b and decoder so the identity-shared code is not pulled towards either side. DF always
-        trains everything.
-        """
-        if self.archi_type == "liae" and not random_warp:
-            return [p for name, p in self.named_parameters() if not name.startswith("inter_ab.")]
-        return list(self.parameters())

@@ -27,7 +27,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 
 from torchsae.config import Config
 from torchsae.losses import SAEHDLoss
-from torchsae.models import SAEHD, CodeDiscriminator, UNetPatchDiscriminator
+from torchsae.models.registry import build_discriminator
 from torchsae.optim import build_optimizer, clip_grad_norm
 from torchsae.train.precision import resolve_amp
 
@@ -40,36 +40,32 @@ FP16_D_LOSS_SCALE = 2.0**10
 
 
 def build_discriminators(
-    cfg: Config, model: SAEHD, loss_fn: SAEHDLoss, device: torch.device
+    cfg: Config, model: nn.Module, loss_fn: SAEHDLoss, device: torch.device
 ) -> dict[str, nn.Module]:
     """The discriminators this run needs (none when gan_power and true_face_power are 0).
 
-    ``code`` judges the inter's codes (``model.code_channels`` × ``model.code_resolution``²);
+    ``code`` judges the inter's codes (the family's latent: channels × size²);
     ``gan`` is the U-Net patch discriminator over BGR faces with ``gan_patch_size`` / ``gan_dims``.
     """
     discs: dict[str, nn.Module] = {}
     if loss_fn.uses_code_discriminator:
-        if model.archi_type != "df":
-            raise ValueError("true_face_power: the code discriminator exists for 'df' archis only")
-        discs["code"] = CodeDiscriminator(model.code_channels, model.code_resolution).to(device)
+        discs["code"] = build_discriminator("code", cfg.model).to(device)
     if loss_fn.uses_gan:
-        discs["gan"] = UNetPatchDiscriminator(cfg.model.resolved_gan_patch_size, 3, cfg.model.gan_dims).to(
-            device
-        )
+        discs["gan"] = build_discriminator("gan", cfg.model).to(device)
     return discs
 
 
 def build_discriminator_optimizers(
     cfg: Config, discs: dict[str, nn.Module], seed: int
 ) -> dict[str, torch.optim.Optimizer]:
-    """One optimiser per discriminator, configured as the G optimiser (spec §4: lr 5e-5 for all).
+    """One optimiser per discriminator, configured as the G optimiser (spec §4: lr 5e-5 for all);
+    ``cfg`` is the run's effective config (``train.pretrain.effective_config``).
 
     Their lr-dropout generators are seeded ``seed + 1`` (identical on every rank under DDP, as the
     G optimiser's are).
     """
     return {
-        name: build_optimizer(disc.parameters(), cfg.optim, pretrain=cfg.train.pretrain, seed=seed + 1)
-        for name, disc in discs.items()
+        name: build_optimizer(disc.parameters(), cfg.optim, seed=seed + 1) for name, disc in discs.items()
     }
 
 

@@ -26,11 +26,12 @@ from typing import Any
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
+from pipelines.synthetic import synthetic_batch
 from torchsae.config import Config, ModelConfig
 from torchsae.train.dist import resolve_device
 from torchsae.train.precision import resolve_amp
 from torchsae.train.speed import enable_tf32, maybe_compile, use_channels_last
-from torchsae.train.step import Batch, StepParts, build_parts, g_step, synthetic_batch
+from torchsae.train.step import Batch, StepParts, build_parts, g_step
 
 SYNTHETIC_NOTE = "synthetic: one in-memory batch reused every step (data path excluded)"
 

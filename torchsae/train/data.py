@@ -17,23 +17,24 @@ from torchsae.config import Config
 from torchsae.train.dist import DistInfo
 
 
-def make_train_batches(cfg: Config, info: DistInfo) -> Any:
-    """This rank's endless Batch stream (``next``, ``state_dict``, ``load_state_dict``, ``close``)."""
-    from pipelines.batch import make_train_batches as make
+def rank_train_stream(cfg: Config, info: DistInfo) -> Any:
+    """This rank's endless Batch stream (``next``, ``state_dict``, ``load_state_dict``, ``close``):
+    ``pipelines.batch.make_train_batches`` for ``info``'s rank, world size and device."""
+    from pipelines.batch import make_train_batches
 
-    return make(cfg, rank=info.rank, world_size=info.world_size, device=info.device, progress=info.is_main)
+    return make_train_batches(
+        cfg, rank=info.rank, world_size=info.world_size, device=info.device, progress=info.is_main
+    )
 
 
 def make_preview_samples(cfg: Config, count: int, device: torch.device) -> dict[str, torch.Tensor]:
     """``target_a, mask_a, target_b, mask_b`` for ``count`` fixed faces per side (BGR [0,1], NCHW)."""
     resolution = cfg.model.resolution
     if cfg.data.backend == "synthetic":
-        generator = torch.Generator().manual_seed(cfg.train.seed)
-        out = {}
-        for side in ("a", "b"):
-            out[f"target_{side}"] = torch.rand(count, 3, resolution, resolution, generator=generator)
-            out[f"mask_{side}"] = torch.rand(count, 1, resolution, resolution, generator=generator)
-        return {k: v.to(device) for k, v in out.items()}
+        from pipelines.synthetic import synthetic_batch
+
+        batch = synthetic_batch(count, resolution, device, seed=cfg.train.seed)
+        return {key: batch[key] for key in ("target_a", "mask_a", "target_b", "mask_b")}
 
     from pipelines.decode import decode_sample
     from pipelines.index import ensure_index

@@ -1,9 +1,9 @@
-"""Memory of one training step: measured estimates and the budget planner (checkpointing: recompute.py).
+"""Memory of one training step: measured estimates and the budget planner (activation recompute: recompute.py).
 
 Why: DeepFaceLab users with 8 GB cards run out of memory above ~224 px and are told to grow their
 page file. Given ``--memory-budget`` (default on a GPU: its free memory), the trainer asks
 :func:`plan_memory` for the micro-batch, the gradient accumulation that keeps the requested batch,
-the activation checkpointing and the AMP mode, and prints the plan with its predicted peak.
+the activation recompute and the AMP mode, and prints the plan with its predicted peak.
 
 Predictions come from measurement, never from a formula of the architecture:
 
@@ -16,19 +16,18 @@ Predictions come from measurement, never from a formula of the architecture:
   (bf16 activations, fp32 loss maths), because the fake forward runs under the same autocast.
 
 The CPU estimate's peak adds a backward working set that is a rule, not a measurement: twice the
-largest saved tensor (the gradient in flight and the one it produces) plus the largest checkpointed
+largest saved tensor (the gradient in flight and the one it produces) plus the largest recomputed
 block that backward recomputes; and it compares that with the optimiser's update, whose foreach
 temporaries (see ``OPTIMIZER_TEMPORARIES``) are whole copies of the trainable weights.
 """
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import gc
 import math
 import re
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -36,12 +35,12 @@ import torch
 
 from torchsae.config import Config
 from torchsae.errors import ConfigError, TorchSAEError
-from torchsae.optim import effective_lr_dropout
+from torchsae.losses.filters import kernel_cache_scope
 from torchsae.train.precision import resolve_amp
-from torchsae.train.recompute import CHECKPOINT_MODES, apply_checkpointing
+from torchsae.train.recompute import RECOMPUTE_MODES, apply_recompute
 
 FIT_FRACTION = 0.9  # a plan must predict at most this share of the budget (allocator slack, CUDA context)
-MIN_FAST_MICRO_BATCH = 4  # below this a GPU step is launch-bound; try checkpointing before going smaller
+MIN_FAST_MICRO_BATCH = 4  # below this a GPU step is launch-bound; try recompute before going smaller
 # whole-weight-sized temporaries of one optimiser update (torchsae.optim's foreach code):
 # AdaBelief g-m, sqrt(v)+eps, the update; RMSprop sqrt(a)+eps, the update; +1 for lr-dropout masks
 OPTIMIZER_TEMPORARIES = {"adabelief": 3, "rmsprop": 2}
@@ -51,7 +50,7 @@ _IEC = {"ki": 2**10, "mi": 2**20, "gi": 2**30, "ti": 2**40}
 
 
 class MemoryBudgetError(TorchSAEError):
-    """No micro-batch, checkpointing or AMP setting brings the step under the memory budget."""
+    """No micro-batch, recompute or AMP setting brings the step under the memory budget."""
 
 
 def parse_bytes(text: str | int) -> int:
@@ -122,8 +121,8 @@ def saved_tensor_bytes(fn: Callable[[], Any], exclude: Iterable[torch.Tensor] = 
     return meter.total, result
 
 
-class _SimulatedCheckpoint:
-    """Checkpointing's memory effect under the meter: keep the block inputs, count internals apart."""
+class _SimulatedRecompute:
+    """Recompute's memory effect under the meter: keep the block inputs, count internals apart."""
 
     def __init__(self, meter: SavedTensorMeter) -> None:
         self.meter = meter
@@ -169,22 +168,6 @@ class MemoryEstimate:
         return self.static + self.inputs + step
 
 
-@contextlib.contextmanager
-def _fake_tensors_stay_out_of_caches() -> Iterator[None]:
-    """Forget what the loss filters cache during a fake run: the kernel cache is keyed by device,
-    and a fake "cpu" kernel left in it would turn a later real CPU step's gradients fake."""
-    from torchsae.losses import filters
-
-    cache = getattr(filters, "_TAPS_CACHE", None)
-    before = dict(cache) if cache is not None else None
-    try:
-        yield
-    finally:
-        if cache is not None:
-            cache.clear()
-            cache.update(before)
-
-
 def _nbytes(tensors: Iterable[torch.Tensor]) -> int:
     return sum(t.numel() * t.element_size() for t in tensors)
 
@@ -192,24 +175,28 @@ def _nbytes(tensors: Iterable[torch.Tensor]) -> int:
 def estimate_step_memory(
     cfg: Config,
     micro_batch: int,
-    checkpoint: str = "none",
+    recompute: str = "none",
     amp_dtype: torch.dtype | None = None,
     world_size: int = 1,
 ) -> MemoryEstimate:
-    """Measure one step's memory on fake tensors (see the module docstring); fast at any size."""
+    """Measure one step's memory on fake tensors (see the module docstring); fast at any size.
+
+    ``cfg`` is the run's effective config (``train.pretrain.effective_config``), as the trainer plans
+    with."""
     from torch._subclasses.fake_tensor import FakeTensorMode
 
-    from torchsae.train.step import build_parts, synthetic_batch
+    from pipelines.synthetic import synthetic_batch
+    from torchsae.train.step import build_parts
 
     fake_mode = FakeTensorMode(allow_non_fake_inputs=True)
     parts = build_parts(cfg, "cpu", amp_dtype=amp_dtype, fake_mode=fake_mode)
-    with fake_mode, _fake_tensors_stay_out_of_caches():
+    with fake_mode, kernel_cache_scope():  # no fake kernel may outlive the fake run
         all_params = list(parts.model.parameters())
         for disc in parts.discriminators.values():
             all_params += list(disc.parameters())
         meter = SavedTensorMeter(exclude=all_params)
-        simulated = _SimulatedCheckpoint(meter)
-        apply_checkpointing(parts.model, checkpoint, runner=simulated)
+        simulated = _SimulatedRecompute(meter)
+        apply_recompute(parts.model, recompute, runner=simulated)
         batch = parts.loss_fn.prepare_targets(synthetic_batch(micro_batch, cfg.model.resolution, "cpu"))
         with meter.hooks():
             with parts.autocast(torch.device("cpu")):
@@ -221,9 +208,7 @@ def estimate_step_memory(
     g_trainable = [p for p in parts.model.parameters() if p.requires_grad]
     d_params = [p for disc in parts.discriminators.values() for p in disc.parameters()]
     trainable = _nbytes(g_trainable) + _nbytes(d_params)
-    temporaries = OPTIMIZER_TEMPORARIES[name] + (
-        1 if effective_lr_dropout(cfg.optim, cfg.train.pretrain) else 0
-    )
+    temporaries = OPTIMIZER_TEMPORARIES[name] + (1 if cfg.optim.lr_dropout else 0)
     return MemoryEstimate(
         params=_nbytes(all_params),
         grads=trainable,
@@ -240,7 +225,7 @@ def estimate_step_memory(
 
 
 def cuda_probe_peak(
-    cfg: Config, micro_batch: int, accum: int, checkpoint: str, device: torch.device, world_size: int = 1
+    cfg: Config, micro_batch: int, accum: int, recompute: str, device: torch.device, world_size: int = 1
 ) -> int:
     """Peak bytes of two real optimiser steps at this setting on ``device`` (``max_memory_allocated``).
 
@@ -249,8 +234,9 @@ def cuda_probe_peak(
     RNG states are restored afterwards and everything is freed; an out-of-memory error means "does
     not fit" and returns a huge number.
     """
+    from pipelines.synthetic import synthetic_batch
     from torchsae.train.speed import use_channels_last
-    from torchsae.train.step import build_parts, g_step, synthetic_batch
+    from torchsae.train.step import build_parts, g_step
 
     amp_dtype, use_scaler = resolve_amp(cfg.train.amp, device)
     parts = batch = None
@@ -263,7 +249,7 @@ def cuda_probe_peak(
         try:
             parts = build_parts(cfg, device, amp_dtype=amp_dtype, use_scaler=use_scaler)
             use_channels_last(parts.model, device)  # as the trainer runs it
-            apply_checkpointing(parts.model, checkpoint)
+            apply_recompute(parts.model, recompute)
             batch = synthetic_batch(micro_batch, cfg.model.resolution, device)
             for _ in range(2):
                 g_step(parts, [batch] * min(accum, 2))
@@ -280,10 +266,10 @@ def cuda_probe_peak(
 
 
 def _trainable_meta(cfg: Config) -> list[torch.Tensor]:
-    from torchsae.models import SAEHD
+    from torchsae.models.registry import build_model
 
     with torch.device("meta"):
-        return SAEHD(cfg.model).trainable_parameters(cfg.data.random_warp)
+        return build_model(cfg.model).trainable_parameters(cfg.data.random_warp)
 
 
 # ---- the planner ----
@@ -296,7 +282,7 @@ class MemoryPlan:
     batch_size: int  # the effective batch per rank and side (micro_batch × grad_accum)
     micro_batch: int
     grad_accum: int
-    checkpoint: str
+    recompute: str
     amp: str
     predicted_peak: int
     budget: int
@@ -315,13 +301,13 @@ class MemoryPlan:
             else "one pass"
         )
         return (
-            f"Memory plan: batch {self.batch_size} per side in {accum}; activation checkpointing "
-            f"{self.checkpoint}; amp {self.amp}; predicted peak {format_bytes(self.predicted_peak)} of a "
+            f"Memory plan: batch {self.batch_size} per side in {accum}; activation recompute "
+            f"{self.recompute}; amp {self.amp}; predicted peak {format_bytes(self.predicted_peak)} of a "
             f"{format_bytes(self.budget)} budget ({self.method})"
         )
 
 
-Predictor = Callable[[Config, int, int, str], int]  # (config with amp, micro, accum, checkpoint) -> bytes
+Predictor = Callable[[Config, int, int, str], int]  # (config with amp, micro, accum, recompute) -> bytes
 
 
 def resolve_budget(cfg: Config, device: torch.device) -> int | None:
@@ -336,18 +322,18 @@ def resolve_budget(cfg: Config, device: torch.device) -> int | None:
 def cpu_estimate_predictor(device: torch.device, world_size: int = 1) -> Predictor:
     """A Predictor from :func:`estimate_step_memory` (AMP dtype as ``train.amp`` resolves on ``device``)."""
 
-    def predict(cfg: Config, micro: int, accum: int, checkpoint: str) -> int:
+    def predict(cfg: Config, micro: int, accum: int, recompute: str) -> int:
         amp_dtype, _ = resolve_amp(cfg.train.amp, device)
-        return estimate_step_memory(cfg, micro, checkpoint, amp_dtype, world_size).peak
+        return estimate_step_memory(cfg, micro, recompute, amp_dtype, world_size).peak
 
     return predict
 
 
 def _candidates(amp: str) -> list[tuple[str, str, bool]]:
-    """(amp, checkpoint, full batch only) in the order tried: fastest first."""
+    """(amp, recompute, full batch only) in the order tried: fastest first."""
     amps = [amp] if amp != "none" else ["none", "auto"]
     order = [(a, "none", True) for a in amps]
-    return order + [(amps[-1], mode, False) for mode in CHECKPOINT_MODES]
+    return order + [(amps[-1], mode, False) for mode in RECOMPUTE_MODES]
 
 
 def plan_memory(
@@ -358,7 +344,7 @@ def plan_memory(
     predictor: Predictor | None = None,
 ) -> MemoryPlan | None:
     """The fastest setting predicted to fit: full batch (turning on AMP first if it was off), then
-    micro-batches of at least ``MIN_FAST_MICRO_BATCH`` with more checkpointing, then any micro-batch.
+    micro-batches of at least ``MIN_FAST_MICRO_BATCH`` with more recompute, then any micro-batch.
 
     The effective batch ``train.batch_size × train.grad_accum`` is kept; micro-batches divide it so
     every accumulated pass has the same size. Returns None when there is no budget (CPU, none given).
@@ -380,21 +366,21 @@ def plan_memory(
     limit = int(budget * FIT_FRACTION)
     smallest: tuple[int, str] | None = None
 
-    def fits(amp: str, checkpoint: str, micro: int) -> MemoryPlan | None:
+    def fits(amp: str, recompute: str, micro: int) -> MemoryPlan | None:
         nonlocal smallest
         trial = cfg.updated({"train": {"amp": amp}})
-        peak = predictor(trial, micro, effective // micro, checkpoint)
+        peak = predictor(trial, micro, effective // micro, recompute)
         if smallest is None or peak < smallest[0]:
-            smallest = (peak, f"micro-batch {micro}, checkpointing {checkpoint}, amp {amp}")
+            smallest = (peak, f"micro-batch {micro}, recompute {recompute}, amp {amp}")
         if peak > limit:
             return None
-        return MemoryPlan(effective, micro, effective // micro, checkpoint, amp, peak, budget, method)
+        return MemoryPlan(effective, micro, effective // micro, recompute, amp, peak, budget, method)
 
-    for amp, checkpoint, full_only in _candidates(cfg.train.amp):
+    for amp, recompute, full_only in _candidates(cfg.train.amp):
         sizes = (
             [effective] if full_only else [m for m in divisors if m >= min(effective, MIN_FAST_MICRO_BATCH)]
         )
-        for plan in (fits(amp, checkpoint, m) for m in sizes):
+        for plan in (fits(amp, recompute, m) for m in sizes):
             if plan is not None:
                 return plan
     last_amp = _candidates(cfg.train.amp)[-1][0]

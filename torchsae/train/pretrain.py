@@ -1,12 +1,13 @@
 """Pretraining mode and leaving it (spec §4 ``pretrain``), as DeepFaceLab does it.
 
 While pretraining, both sides draw from one generic faceset (``data.pretrain_dir``) and DFL forces:
-random warp off, flips on for both sides, uniform yaw on, no HSV shift, no colour transfer (here in
-:func:`pretrain_view`); no GAN and no style terms (in ``SAEHDLoss``); no lr dropout
-(``optim.effective_lr_dropout``); and the code-discriminator step skipped
-(``SAEHDLoss.trains_code_discriminator``). Warp off also means LIAE trains without ``inter_ab``, as
-in DFL. The forced values are never written into the run's config: the checkpoint keeps the user's
-own settings, which apply again once pretraining ends.
+random warp off, flips on for both sides, uniform yaw on, no HSV shift, no colour transfer; no GAN and
+no style terms; no lr dropout. :func:`effective_config` returns the complete config with all of these
+applied, and the trainer, the memory planner, the loss, the optimisers and the data pipeline only
+read it; the one thing still keyed on ``train.pretrain`` itself is the code-discriminator step, which
+DFL skips while keeping the true-face G term (``SAEHDLoss.trains_code_discriminator``). Warp off
+also means LIAE trains without ``inter_ab``, as in DFL. The forced values are never written into the
+run's config: the checkpoint keeps the user's own settings, which apply again once pretraining ends.
 
 Leaving pretraining (resuming a pretrain checkpoint in a run that does not ask for ``--pretrain``):
 the inter layers are re-initialised (DF ``inter``; LIAE ``inter_ab`` and ``inter_b``), the encoder
@@ -22,15 +23,16 @@ import torch
 
 from torchsae.config import Config
 from torchsae.errors import ConfigError
-from torchsae.models import SAEHD
 from torchsae.models.layers import glorot_init_
+from torchsae.models.registry import model_family
 
 INIT_SEED_OFFSET = 7919  # the re-initialised inters draw from seed + this, away from the model's init
 
 
-def pretrain_view(cfg: Config) -> Config:
-    """The config the data pipeline and the trainable-parameter choice see: ``cfg`` itself, or while
-    pretraining a copy with DFL's forced data settings and both sides reading ``pretrain_dir``."""
+def effective_config(cfg: Config) -> Config:
+    """The complete config a run trains with: ``cfg`` itself, or while pretraining a copy with
+    everything DFL forces (data: both sides reading ``pretrain_dir``, warp off, flips on, uniform yaw,
+    no HSV / colour transfer; loss: no style terms, no GAN; optim: no lr dropout)."""
     if not cfg.train.pretrain:
         return cfg
     if not cfg.data.pretrain_dir and cfg.data.backend != "synthetic":
@@ -47,7 +49,11 @@ def pretrain_view(cfg: Config) -> Config:
         "random_hsv_power": 0.0,
         "ct_mode": "none",
     }
-    return cfg.updated({"data": forced})
+    loss = {"face_style_power": 0.0, "bg_style_power": 0.0, "gan_power": 0.0}
+    return cfg.updated({"data": forced, "loss": loss, "optim": {"lr_dropout": False}})
+
+
+pretrain_view = effective_config  # the former name (it forced the data settings only)
 
 
 def leaving_pretrain(state: dict[str, Any], cfg: Config) -> bool:
@@ -56,12 +62,12 @@ def leaving_pretrain(state: dict[str, Any], cfg: Config) -> bool:
     return bool(stored.get("pretrain")) and not cfg.train.pretrain
 
 
-def inter_names(model: SAEHD) -> tuple[str, ...]:
-    """The submodules DFL re-initialises when pretraining ends."""
-    return ("inter",) if model.archi_type == "df" else ("inter_ab", "inter_b")
+def inter_names(model: torch.nn.Module) -> tuple[str, ...]:
+    """The submodules DFL re-initialises when pretraining ends (the family's ``pretrain_reinit``)."""
+    return model_family(model.config).pretrain_reinit
 
 
-def reinit_inters(model: SAEHD, seed: int) -> tuple[str, ...]:
+def reinit_inters(model: torch.nn.Module, seed: int) -> tuple[str, ...]:
     """Glorot-initialise the inter layers again from ``seed`` (the global RNGs are left untouched)."""
     device = next(model.parameters()).device
     devices = [device.index or 0] if device.type == "cuda" else []
@@ -73,7 +79,7 @@ def reinit_inters(model: SAEHD, seed: int) -> tuple[str, ...]:
     return names
 
 
-def leave_pretrain(model: SAEHD, cfg: Config, source: object) -> str:
+def leave_pretrain(model: torch.nn.Module, cfg: Config, source: object) -> str:
     """Re-initialise the inters for the end of pretraining; return the message to print."""
     names = reinit_inters(model, cfg.train.seed)
     return (

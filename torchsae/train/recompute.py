@@ -1,4 +1,7 @@
-"""Activation checkpointing of SAEHD's blocks: recompute them in backward instead of keeping them.
+"""Activation recompute of the model's blocks: recompute them in backward instead of keeping them.
+
+Naming: "recompute" is what PyTorch calls activation checkpointing (``torch.utils.checkpoint``);
+TorchSAE keeps the word "checkpoint" for saved training state (``torchsae.train.checkpoint``).
 
 Why per block: most of a step's activation memory sits in the decoders' high-resolution upscale and
 residual blocks; wrapping each in ``torch.utils.checkpoint`` (non-reentrant) keeps only its input and
@@ -18,18 +21,18 @@ from torch import nn
 from torchsae.errors import ConfigError
 from torchsae.models.layers import Downscale, ResidualBlock, Upscale
 
-CHECKPOINT_MODES = ("none", "decoder", "all")
+RECOMPUTE_MODES = ("none", "decoder", "all")
 
 
-def checkpoint_targets(model: nn.Module, mode: str) -> list[nn.Module]:
+def recompute_targets(model: nn.Module, mode: str) -> list[nn.Module]:
     """The blocks ``mode`` recomputes in backward: decoder Upscale/ResidualBlocks, or every block.
 
     ``decoder`` covers the decoders' upscale, residual and mask-upscale blocks (most of the activation
     memory at high resolution); ``all`` adds the encoder's downscale/residual blocks and the inters'
-    upscale. Dense layers are never checkpointed (their activations are small).
+    upscale. Dense layers are never recomputed (their activations are small).
     """
-    if mode not in CHECKPOINT_MODES:
-        raise ConfigError(f"checkpointing {mode!r}: must be one of {', '.join(CHECKPOINT_MODES)}")
+    if mode not in RECOMPUTE_MODES:
+        raise ConfigError(f"recompute {mode!r}: must be one of {', '.join(RECOMPUTE_MODES)}")
     if mode == "none":
         return []
     kinds = (Upscale, ResidualBlock, Downscale)
@@ -43,24 +46,24 @@ def checkpoint_targets(model: nn.Module, mode: str) -> list[nn.Module]:
     return targets
 
 
-def _checkpointed(runner: Callable[..., Any], forward: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+def _recomputed(runner: Callable[..., Any], forward: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
     if not torch.is_grad_enabled():  # previews, export: nothing to save, nothing to recompute
         return forward(*args, **kwargs)
     return runner(forward, *args, **kwargs)
 
 
-def _torch_checkpoint(forward: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+def _torch_recompute(forward: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
     return torch.utils.checkpoint.checkpoint(forward, *args, use_reentrant=False, **kwargs)
 
 
-def apply_checkpointing(model: nn.Module, mode: str, runner: Callable[..., Any] | None = None) -> int:
+def apply_recompute(model: nn.Module, mode: str, runner: Callable[..., Any] | None = None) -> int:
     """Recompute ``mode``'s blocks in backward instead of keeping their activations; returns the count.
 
     Each block's ``forward`` is wrapped on the instance (weights, names and state_dict unchanged) with
     ``torch.utils.checkpoint.checkpoint(use_reentrant=False)``, which keeps only the block's inputs.
     """
-    runner = runner or _torch_checkpoint
-    targets = checkpoint_targets(model, mode)
+    runner = runner or _torch_recompute
+    targets = recompute_targets(model, mode)
     for module in targets:
-        module.forward = functools.partial(_checkpointed, runner, module.forward)
+        module.forward = functools.partial(_recomputed, runner, module.forward)
     return len(targets)

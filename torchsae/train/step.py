@@ -3,7 +3,7 @@
 Why a second copy of "forward, loss, backward, update" next to the trainer's loop: the probe and the
 benchmark must run exactly the work of one optimiser step (same model, same loss, same optimiser,
 same AMP and gradient accumulation) but without the trainer's run folder, checkpoints, signal
-handling and logging. The pieces (``SAEHD``, ``SAEHDLoss``, ``build_optimizer``) are the trainer's own;
+handling and logging. The pieces (``build_model``, ``SAEHDLoss``, ``build_optimizer``) are the trainer's own;
 only the orchestration is repeated, and it is short.
 
 The G step follows the trainer: the loss is the per-sample total summed over each micro-batch, so
@@ -20,21 +20,21 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from pipelines.synthetic import synthetic_batch  # noqa: F401  (re-exported: the step and its batch)
 from torchsae.config import Config
 from torchsae.losses import SAEHDLoss
-from torchsae.models import SAEHD
+from torchsae.models.registry import build_model
 from torchsae.optim import build_optimizer
 from torchsae.train.adversarial import build_discriminators
 
 Batch = dict[str, torch.Tensor]
-SIDE_CHANNELS = (("warped", 3), ("target", 3), ("mask", 1), ("em", 1))
 
 
 @dataclass
 class StepParts:
     """Everything one G step touches: model, loss, discriminators used by the G loss, optimiser."""
 
-    model: SAEHD
+    model: nn.Module
     loss_fn: SAEHDLoss
     discriminators: dict[str, nn.Module]
     optimizer: torch.optim.Optimizer
@@ -58,6 +58,8 @@ def build_parts(
 ) -> StepParts:
     """Model, loss, G-loss discriminators and the G optimiser as the trainer builds them, on ``device``.
 
+    ``cfg`` is the run's effective config (``train.pretrain.effective_config``), as the trainer's.
+
     ``fake_mode`` (a ``FakeTensorMode``): build on the meta device, then give the weights fake storage
     on ``device`` inside that mode (no init cost; what the memory estimate uses). The returned parts
     must then be used inside the same mode.
@@ -66,7 +68,7 @@ def build_parts(
     loss_fn = SAEHDLoss(cfg)
     empty = fake_mode is not None
     with torch.device("meta") if empty else contextlib.nullcontext():
-        model = SAEHD(cfg.model)
+        model = build_model(cfg.model)
         discs = build_discriminators(cfg, model, loss_fn, torch.device("meta") if empty else device)
     with fake_mode or contextlib.nullcontext():
         for module in (model, *discs.values()):
@@ -77,23 +79,10 @@ def build_parts(
     optimizer = build_optimizer(
         [p for p in model.parameters() if p.requires_grad],
         cfg.optim,
-        pretrain=cfg.train.pretrain,
         seed=cfg.train.seed,
     )
     scaler = torch.amp.GradScaler(device.type, enabled=use_scaler) if use_scaler else None
     return StepParts(model, loss_fn, discs, optimizer, model, amp_dtype, scaler)
-
-
-def synthetic_batch(batch_size: int, resolution: int, device: torch.device | str, seed: int = 0) -> Batch:
-    """A random Batch of the contract's keys and value ranges (the data path excluded)."""
-    generator = torch.Generator().manual_seed(seed)
-    batch: Batch = {}
-    for side in ("a", "b"):
-        for key, channels in SIDE_CHANNELS:
-            value = torch.rand(batch_size, channels, resolution, resolution, generator=generator)
-            batch[f"{key}_{side}"] = value.to(device)
-        batch[f"index_{side}"] = torch.arange(batch_size, dtype=torch.int64, device=device)
-    return batch
 
 
 def split_batch(batch: Batch, micro_batch: int) -> Iterator[Batch]:

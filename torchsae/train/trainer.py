@@ -32,8 +32,8 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from torchsae.config import Config, dump_config
 from torchsae.errors import TorchSAEError
 from torchsae.losses import SAEHDLoss
-from torchsae.models import SAEHD
-from torchsae.optim import build_optimizer, clip_grad_norm, effective_lr_dropout, lr_at
+from torchsae.models.registry import build_model
+from torchsae.optim import build_optimizer, clip_grad_norm, lr_at
 from torchsae.train import checkpoint as ckpt
 from torchsae.train import preview as pv
 from torchsae.train.adversarial import (
@@ -42,12 +42,12 @@ from torchsae.train.adversarial import (
     discriminator_steps,
     drop_reshaped_gan,
 )
-from torchsae.train.data import make_preview_samples, make_train_batches
+from torchsae.train.data import make_preview_samples, rank_train_stream
 from torchsae.train.dist import DistInfo, any_true, gather_to_main, init_distributed, shutdown
 from torchsae.train.logging import TrainLogger, memory_mb
-from torchsae.train.memory import apply_checkpointing, plan_for_run
+from torchsae.train.memory import apply_recompute, plan_for_run
 from torchsae.train.precision import resolve_amp
-from torchsae.train.pretrain import leave_pretrain, leaving_pretrain, pretrain_view
+from torchsae.train.pretrain import effective_config, leave_pretrain, leaving_pretrain
 from torchsae.train.report import RunReport, stream_restart_note
 from torchsae.train.signals import StopRequest
 from torchsae.train.speed import enable_tf32, maybe_compile, use_channels_last
@@ -121,11 +121,11 @@ def _train(cfg: Config, resume: Path | None, info: DistInfo, stop: StopRequest) 
     device = info.device
     run_dir = Path(cfg.train.run_dir)
     models_dir, logs_dir = run_dir / "models", run_dir / "logs"
-    lr_dropout = effective_lr_dropout(cfg.optim, cfg.train.pretrain)
     say = print if info.is_main else (lambda *a, **k: None)
     run_report = RunReport(cfg, enabled=info.is_main)  # start and closing summaries (rank 0)
-    data_cfg = pretrain_view(cfg)  # pretraining: one generic faceset, DFL's forced augmentation
-    # --memory-budget (on a GPU default: its free memory): micro-batch, accumulation, checkpointing, AMP
+    data_cfg = effective_config(cfg)  # pretraining: one generic faceset, everything DFL forces
+    lr_dropout = data_cfg.optim.lr_dropout
+    # --memory-budget (on a GPU default: its free memory): micro-batch, accumulation, recompute, AMP
     plan = plan_for_run(data_cfg, info)
     if plan is not None:
         say(plan.describe())
@@ -135,25 +135,23 @@ def _train(cfg: Config, resume: Path | None, info: DistInfo, stop: StopRequest) 
 
     # ---- model, discriminators, optimisers (identical initial weights on every rank) ----
     _seed_everything(cfg.train.seed)
-    model = SAEHD(cfg.model).to(device)
+    model = build_model(cfg.model).to(device)
     trainable = {id(p) for p in model.trainable_parameters(data_cfg.data.random_warp)}
     for p in model.parameters():
         p.requires_grad_(id(p) in trainable)  # LIAE without random warp freezes inter_ab (spec §2.4)
-    apply_checkpointing(model, plan.checkpoint if plan is not None else "none")
+    apply_recompute(model, plan.recompute if plan is not None else "none")
     enable_tf32(device)
     use_channels_last(model, device)
-    loss_fn = SAEHDLoss(cfg)
+    loss_fn = SAEHDLoss(data_cfg)
     discs = build_discriminators(cfg, model, loss_fn, device)
     seed = cfg.train.seed  # the same lr-dropout seed on every rank keeps the replicas identical
-    optimizers = {
-        "model": build_optimizer(model.parameters(), cfg.optim, pretrain=cfg.train.pretrain, seed=seed)
-    }
-    optimizers.update(build_discriminator_optimizers(cfg, discs, seed))
+    optimizers = {"model": build_optimizer(model.parameters(), data_cfg.optim, seed=seed)}
+    optimizers.update(build_discriminator_optimizers(data_cfg, discs, seed))
     scaler = torch.amp.GradScaler(device.type, enabled=use_scaler)
 
     # ---- data: each rank draws its own shard; batch_size is per rank and per side ----
     _seed_everything(cfg.train.seed + 1000 * info.rank)
-    data = make_train_batches(data_cfg, info)
+    data = rank_train_stream(data_cfg, info)
     preview_set = make_preview_samples(data_cfg, PREVIEW_ROWS, device) if info.is_main else None
 
     # ---- resume ----
