@@ -93,8 +93,11 @@ def replace(source: str | Path, target: str | Path) -> None:
 
 def fsync_file(path: str | Path) -> None:
     """Flush a written file's data to disk (portable: Windows needs a handle opened for writing)."""
-    flags = os.O_RDWR | getattr(os, "O_BINARY", 0)
-    fd = os.open(path, flags)
+    binary = getattr(os, "O_BINARY", 0)
+    try:
+        fd = os.open(path, os.O_RDWR | binary)
+    except PermissionError:  # a read-only file (umask): POSIX fsyncs it through a read-only handle too
+        fd = os.open(path, os.O_RDONLY | binary)
     try:
         os.fsync(fd)
     finally:
