@@ -114,3 +114,35 @@ def _base_env() -> dict[str, str]:
     import os
 
     return {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+
+
+def test_loader_workers_are_spawned_where_there_is_no_fork_server(monkeypatch) -> None:
+    """Windows has only "spawn"; Linux keeps the fork server (why: torch_loader._worker_context)."""
+    import multiprocessing
+
+    from pipelines import torch_loader
+
+    assert torch_loader._worker_context().get_start_method() == (
+        "forkserver" if "forkserver" in multiprocessing.get_all_start_methods() else "spawn"
+    )
+    monkeypatch.setattr(multiprocessing, "get_all_start_methods", lambda: ["spawn"])
+    assert torch_loader._worker_context().get_start_method() == "spawn"
+
+
+def test_peak_memory_without_resource_falls_back_to_psutil(monkeypatch) -> None:
+    """Without ``resource`` (Windows) the peak comes from psutil: a positive size in bytes."""
+    import builtins
+
+    from torchsae.train import logging as train_logging
+
+    real_import = builtins.__import__
+
+    def no_resource(name, *args, **kwargs):
+        if name == "resource":
+            raise ModuleNotFoundError("No module named 'resource'", name=name)
+        return real_import(name, *args, **kwargs)
+
+    with_resource = train_logging.peak_rss_bytes()
+    monkeypatch.setattr(builtins, "__import__", no_resource)
+    without = train_logging.peak_rss_bytes()
+    assert 10 * 2**20 < without <= with_resource * 1.5  # the current RSS (≤ the peak) of a torch process
