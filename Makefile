@@ -6,7 +6,7 @@
 #
 # Each extra has its own stamp, so `make demo` then `make test` installs only the test extra on top.
 # TORCH_INDEX picks torch's build: the CPU wheels by default (a fraction of the CUDA build's size); on a
-# GPU machine use e.g. `make clean test TORCH_INDEX=https://download.pytorch.org/whl/cu126` (CUDA 12) or
+# GPU machine run `make clean`, then e.g. `make test TORCH_INDEX=https://download.pytorch.org/whl/cu126` (CUDA 12) or
 # `.../whl/cu130` (CUDA 13). When that index cannot be reached, torch comes from the default index.
 PYTHON ?= python3
 VENV := .venv
