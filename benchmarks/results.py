@@ -16,5 +16,5 @@ HEADER = "# Benchmark results\n\nMeasured tables, newest last.\n"
 
 def append_results(section: str, path: Path = RESULTS) -> None:
     """Append ``section`` (Markdown) to RESULTS.md, creating it with its header if missing."""
-    current = path.read_text() if path.exists() else HEADER
+    current = path.read_text(encoding="utf-8") if path.exists() else HEADER
     atomic_write_text(path, current.rstrip("\n") + "\n\n" + section)

@@ -10,7 +10,8 @@ the index; the reader shards with ``shard_id``/``num_shards``, shuffles with its
 the last batch. The order therefore differs from the DataLoader backend's, but both return the sample
 indices, and masks come from the same side index. Resume uses DALI's own reader checkpoints.
 
-DALI is imported lazily: the package is optional (``pip install 'torchsae[dali]'``).
+DALI is imported lazily: the package is optional (``pip install 'torchsae[dali]'``, or
+``'torchsae[dali-cu12]'`` for CUDA 12; Linux only).
 """
 
 from __future__ import annotations
@@ -36,7 +37,8 @@ def dali_available() -> bool:
 def _require_dali() -> None:
     if not dali_available():
         raise TorchSAEError(
-            "backend 'dali': NVIDIA DALI is not installed; pip install 'torchsae[dali]' or use --backend torch"
+            "backend 'dali': NVIDIA DALI is not installed; pip install 'torchsae[dali]' (CUDA 13) or "
+            "'torchsae[dali-cu12]' (CUDA 12), Linux only; or use --backend torch"
         )
 
 

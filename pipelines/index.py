@@ -7,7 +7,7 @@ loader rank shares through the page cache.
 
 Layout (``DIR/.torchsae/``)::
 
-    lock                         fcntl lock: one builder per node, the others wait then load
+    lock                         file lock (filelock): one builder per node, the others wait then load
     index_r128_xseg_f/CURRENT    names the live generation; replaced atomically (the commit point)
     index_r128_xseg_f/v000003/   manifest.json, masks.npy, landmarks.npy, recrop.npy, yaw.npy, skipped.json
     index_r128_xseg_f/.build-*/  a build in progress (or one that crashed: removed by the next build)
@@ -33,7 +33,6 @@ mtimes). Only added or changed files are decoded. The faceset's own files are on
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import hashlib
 import json
 import os
@@ -45,6 +44,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+from filelock import FileLock, Timeout
 
 from pipelines.index_scan import (
     JPEG_SUFFIXES,
@@ -55,7 +55,7 @@ from pipelines.index_scan import (
 )
 from torchsae.config import MASK_POLICIES
 from torchsae.errors import TorchSAEError
-from torchsae.fileio import atomic_write_text
+from torchsae.fileio import atomic_write_text, fsync_dir, fsync_file
 
 INDEX_VERSION = 2  # 2: the family is keyed by the model face type; recrop.npy
 SIDECAR = ".torchsae"
@@ -184,22 +184,26 @@ def _make_sidecar(root: Path, sidecar: Path) -> None:
 
 @contextlib.contextmanager
 def build_lock(root: str | Path, index_root: str | Path | None = None) -> Iterator[None]:
-    """Exclusive per-faceset lock; under torchrun one rank per node builds while the others block here."""
+    """Exclusive per-faceset lock; under torchrun one rank per node builds while the others block here.
+
+    ``filelock`` takes an OS lock on the sidecar's ``lock`` file (flock on POSIX, msvcrt.locking on
+    Windows): it is released when the holder exits or dies, so a crashed builder never leaves the
+    faceset locked.
+    """
     sidecar = sidecar_dir(root, index_root)
     _make_sidecar(Path(root), sidecar)
     try:
-        handle = open(sidecar / "lock", "a+b")  # noqa: SIM115 - held for the with-block
-    except OSError as exc:
+        lock = FileLock(str(sidecar / "lock"))
+        lock.acquire()
+    except (OSError, Timeout) as exc:
         raise SideIndexError(
-            f"{sidecar}: cannot open the index lock file ({exc.strerror}); an out-of-date index in a "
+            f"{sidecar}: cannot open or take the index lock ({exc}); an out-of-date index in a "
             "read-only faceset needs --index-dir DIR (or TORCHSAE_INDEX_DIR)"
         ) from exc
-    with handle:
-        fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+    try:
+        yield
+    finally:
+        lock.release()
 
 
 def _check_args(root: Path, resolution: int, policy: str, face_type: str | None) -> None:
@@ -224,9 +228,9 @@ def load_index(
     face_type = short_face_type(face_type)
     family = index_dir(root, resolution, policy, face_type, index_root)
     try:
-        generation = family / (family / "CURRENT").read_text().strip()
-        manifest = json.loads((generation / "manifest.json").read_text())
-        skipped = json.loads((generation / "skipped.json").read_text())
+        generation = family / (family / "CURRENT").read_text(encoding="utf-8").strip()
+        manifest = json.loads((generation / "manifest.json").read_text(encoding="utf-8"))
+        skipped = json.loads((generation / "skipped.json").read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
         raise SideIndexError(
             f"{family}: no usable index at resolution {resolution} with policy {policy!r}; "
@@ -357,14 +361,6 @@ def _run_jobs(
     return results
 
 
-def _fsync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _write_generation(
     family: Path,
     resolution: int,
@@ -415,19 +411,23 @@ def _write_generation(
         "face_type": face_type,
         "entries": [e for e, _ in rows],
     }
-    (build / "manifest.json").write_text(json.dumps(manifest))
-    (build / "skipped.json").write_text(json.dumps(skipped, indent=1))
+    (build / "manifest.json").write_text(json.dumps(manifest), encoding="utf-8")
+    (build / "skipped.json").write_text(json.dumps(skipped, indent=1), encoding="utf-8")
     for name in ("masks.npy", "landmarks.npy", "recrop.npy", "yaw.npy", "manifest.json", "skipped.json"):
-        _fsync(build / name)
-    _fsync(build)
+        fsync_file(build / name)
+    fsync_dir(build)
     numbers = [int(p.name[1:]) for p in family.glob("v[0-9]*") if p.name[1:].isdigit()]
     generation = family / f"v{max(numbers, default=0) + 1:06d}"
-    os.rename(build, generation)
+    os.rename(build, generation)  # a folder to a new name: atomic on POSIX and Windows
     return generation
 
 
 def _remove_old(family: Path, keep: Path) -> None:
-    """Drop superseded generations and crashed builds (readers that mmap'ed them keep their pages)."""
+    """Drop superseded generations and crashed builds (readers that mmap'ed them keep their pages).
+
+    On Windows a generation that a running reader still maps cannot be deleted; it stays (ignored by
+    loaders, which follow ``CURRENT``) until a later build removes it.
+    """
     for child in family.iterdir():
         if (
             child.is_dir()

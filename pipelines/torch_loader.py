@@ -148,8 +148,11 @@ def _worker_context() -> multiprocessing.context.BaseContext:
     Why: forking a process that already runs threads (DALI's executor, TensorBoard's writer, torch's
     intra-op pool, tqdm's monitor) copies locks held by those threads into the child, where nothing
     will ever release them; the worker then hangs forever. The fork server is a clean single-threaded
-    process that imports this module once, so each worker still starts in milliseconds.
+    process that imports this module once, so each worker still starts in milliseconds. Where there is
+    no fork server (Windows), workers are spawned: a fresh interpreter each, slower to start, equally safe.
     """
+    if "forkserver" not in multiprocessing.get_all_start_methods():
+        return multiprocessing.get_context("spawn")
     multiprocessing.set_forkserver_preload([__name__])
     return multiprocessing.get_context("forkserver")
 

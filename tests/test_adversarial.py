@@ -7,12 +7,14 @@ import copy
 import pytest
 import torch
 import torch.nn.functional as F
+from helpers_optim import StepRecord, assert_same_gradients, record_optimizer_steps
 
 from torchsae.config import Config, ModelConfig
 from torchsae.errors import ConfigError
 from torchsae.losses import SAEHDLoss, soft_dilate_mask
 from torchsae.models import SAEHD, CodeDiscriminator, UNetPatchDiscriminator
 from torchsae.models.discriminators import find_patch_layers
+from torchsae.optim import RMSprop
 from torchsae.train.adversarial import (
     build_discriminator_optimizers,
     build_discriminators,
@@ -62,17 +64,36 @@ def bce(logits: torch.Tensor, label: float) -> torch.Tensor:
     return per_pixel.flatten(1).mean(1)
 
 
-def rmsprop_update(disc: torch.nn.Module, loss: torch.Tensor, clip: bool = False) -> dict[str, torch.Tensor]:
-    """DFL's RMSprop first step by hand: a = 0.1·g², w ← w − lr·g/(√a + 1e-6); optional clipnorm 1."""
+def hand_gradients(disc: torch.nn.Module, loss: torch.Tensor, clip: bool = False) -> dict[str, torch.Tensor]:
+    """The gradients DFL's RMSprop step receives: d loss / d weights, then clipnorm 1 (optional)."""
     params = dict(disc.named_parameters())
     grads = torch.autograd.grad(loss, list(params.values()))
     if clip:
         norm = torch.sqrt(sum((g.double() ** 2).sum() for g in grads))
         grads = [g * (1.0 / max(float(norm), 1.0)) for g in grads]
-    return {
-        name: (p - LR * g / (torch.sqrt(0.1 * g * g) + 1e-6)).detach()
-        for (name, p), g in zip(params.items(), grads, strict=True)
-    }
+    return dict(zip(params, grads, strict=True))
+
+
+def rmsprop_first_step(weight: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
+    """DFL's RMSprop first step by hand: a = 0.1·g², w ← w − lr·g/(√a + 1e-6)."""
+    return weight - LR * grad / (torch.sqrt(0.1 * grad * grad) + 1e-6)
+
+
+def assert_rmsprop_step(record: StepRecord, disc: torch.nn.Module, expected_grads: dict) -> None:
+    """The recorded step received the hand-derived gradients and applied DFL's rule to them once.
+
+    The two halves are checked apart because the rule amplifies float32 noise: for |g| ≪ 1e-6 the
+    update is lr·g/1e-6 = 1000·g, so comparing the weights would compare summation-order noise in
+    near-zero gradients (which differs between CPUs) times 1000. The gradients are compared relative
+    to each tensor's scale (helpers_optim.GRAD_RTOL); the rule, applied to the *same* gradients by hand
+    and by the optimiser, differs only by the rounding of its few float32 operations: ≤ 4 roundings of
+    an update ≤ lr/√0.1 ≈ 3.2e-3 (≈ 1.5e-9) plus one of the weight (≤ 1 ulp of |w|, rtol 1e-6).
+    """
+    names = [name for name, _ in disc.named_parameters()]
+    assert_same_gradients(record.grads, [expected_grads[n] for n in names], names)
+    for name, before, grad, p in zip(names, record.before, record.grads, disc.parameters(), strict=True):
+        expected = rmsprop_first_step(before, grad)
+        torch.testing.assert_close(p.detach(), expected, rtol=1e-6, atol=1e-8, msg=name)
 
 
 def test_discriminators_exist_only_with_their_powers() -> None:
@@ -109,23 +130,23 @@ def test_one_iteration_of_discriminator_steps_by_hand(clipgrad: bool) -> None:
         out = model(batch["warped_a"], batch["warped_b"])
     # code D: dst (A) codes are real, src (B) codes fake; summed over the batch
     code_loss = (0.5 * (bce(code_d(out["code_a"]), 1.0) + bce(code_d(out["code_b"]), 0.0))).sum()
-    expected_code = rmsprop_update(code_d, code_loss, clipgrad)
+    expected_code = hand_gradients(code_d, code_loss, clipgrad)
     # GAN D: real = target_b, fake = pred_bb, both times the soft-dilated B mask (masked training)
     mb = soft_dilate_mask(batch["mask_b"], RES)
     rc, rx = gan_d(batch["target_b"] * mb)
     fc, fx = gan_d(out["pred_bb"] * mb)
     gan_loss = (0.5 * (bce(rc, 1.0) + bce(fc, 0.0)) + 0.5 * (bce(rx, 1.0) + bce(fx, 0.0))).sum()
-    expected_gan = rmsprop_update(gan_d, gan_loss, clipgrad)
+    expected_gan = hand_gradients(gan_d, gan_loss, clipgrad)
 
-    terms = discriminator_steps(cfg, loss_fn, model, discs, opts, batch)
+    with record_optimizer_steps(RMSprop) as steps:
+        terms = discriminator_steps(cfg, loss_fn, model, discs, opts, batch)
+    assert [r.optimizer for r in steps] == [opts["code"], opts["gan"]]  # one step each, code D first
     assert terms["code_d"].item() == pytest.approx(code_loss.item() / 2, rel=1e-5)
     assert terms["gan_d"].item() == pytest.approx(gan_loss.item() / 2, rel=1e-5)
-    for name, disc, expected in (("code", discs["code"], expected_code), ("gan", discs["gan"], expected_gan)):
-        for pname, p in disc.named_parameters():
-            torch.testing.assert_close(
-                p.detach(), expected[pname], rtol=1e-5, atol=1e-6, msg=f"{name}.{pname}"
-            )
-            assert p.grad is None  # the D step leaves no gradients behind
+    pairs = ((discs["code"], expected_code), (discs["gan"], expected_gan))
+    for record, (disc, expected) in zip(steps, pairs, strict=True):
+        assert_rmsprop_step(record, disc, expected)
+        assert all(p.grad is None for p in disc.parameters())  # the D step leaves no gradients behind
     for key, value in model.state_dict().items():  # the autoencoder is not touched by D steps
         assert torch.equal(value, model_before[key]), key
     assert all(p.grad is None for p in model.parameters())

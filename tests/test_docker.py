@@ -1,7 +1,8 @@
 """The Docker image, checked without a Docker engine (none runs on this project's machines).
 
 What can be checked here: the Dockerfile parses; every file it COPYs exists in the build context and
-is not excluded by .dockerignore; its Python packages come from setup.cfg's ``gpu`` extra (one list);
+is not excluded by .dockerignore; its Python packages come from setup.cfg's ``gpu`` extra (one list), or
+``gpu-cu12`` for the documented CUDA 12 build;
 the root-level Dockerfile that ``docker build -t torchsae .`` uses is the same file; hadolint passes;
 the compose file reserves GPUs and mounts the seed's folders; the entrypoint dispatches as documented.
 """
@@ -12,6 +13,7 @@ import configparser
 import fnmatch
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -52,22 +54,45 @@ def test_every_copied_file_exists_in_the_build_context() -> None:
             assert not _ignored(source), f"COPY {source}: excluded by .dockerignore"
 
 
+def _args() -> dict[str, str]:
+    return {
+        c.value[0].split("=")[0]: c.value[0].split("=", 1)[1]
+        for c in _commands()
+        if c.cmd.upper() == "ARG" and "=" in c.value[0]
+    }
+
+
+def _names(requirements: list[str]) -> set[str]:
+    return {req.split(";")[0].split(">")[0].split("=")[0].split("<")[0].strip() for req in requirements}
+
+
 def test_python_packages_come_from_the_gpu_extra() -> None:
     runs = " ".join(" ".join(c.value) for c in _commands() if c.cmd.upper() == "RUN")
-    assert 'pip install ".[gpu,wandb]"' in runs
-    gpu = {req.split(">")[0].split("=")[0].split("<")[0] for req in _extras()["gpu"]}
-    assert gpu == {"onnxruntime-gpu", "tensorrt-cu13", "nvidia-dali-cuda130"}
-    # onnxruntime (CPU) and onnxruntime-gpu conflict: the image must never get both.
-    assert not any(req.startswith("onnxruntime>") or req == "onnxruntime" for req in _extras()["gpu"])
+    assert 'pip install ".[${GPU_EXTRA},wandb]"' in runs
+    assert _args()["GPU_EXTRA"] == "gpu"
+    extras = _extras()
+    assert _names(extras["gpu"]) == {"onnxruntime-gpu", "tensorrt-cu13", "nvidia-dali-cuda130"}
+    assert _names(extras["gpu-cu12"]) == {"onnxruntime-gpu", "tensorrt-cu12", "nvidia-dali-cuda120"}
+    for name in ("gpu", "gpu-cu12"):
+        # onnxruntime (CPU) and onnxruntime-gpu conflict: the image must never get both.
+        assert not any(req.startswith("onnxruntime>") or req == "onnxruntime" for req in extras[name])
+
+
+def test_cuda_12_build_is_documented_with_matching_arguments() -> None:
+    """The CUDA 12 command (Dockerfile header and README) sets all three arguments, CUDA 12 throughout."""
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    header = DOCKERFILE.read_text(encoding="utf-8")
+    for text in (readme, header):
+        assert "--build-arg CUDA_IMAGE=nvidia/cuda:12." in text
+        assert "--build-arg TORCH_INDEX=https://download.pytorch.org/whl/cu12" in text
+        assert "--build-arg GPU_EXTRA=gpu-cu12" in text
+    runs = " ".join(" ".join(c.value) for c in _commands() if c.cmd.upper() == "RUN")
+    assert "torch.version.cuda" in runs and "CUDA_VERSION" in runs  # a mismatched build stops
 
 
 def test_base_image_is_cuda_13_and_user_is_not_root() -> None:
     commands = _commands()
-    args = {
-        c.value[0].split("=")[0]: c.value[0].split("=", 1)[1]
-        for c in commands
-        if c.cmd.upper() == "ARG" and "=" in c.value[0]
-    }
+    args = _args()
     assert args["CUDA_IMAGE"].startswith("nvidia/cuda:13.")
     assert "cu130" in args["TORCH_INDEX"]
     users = [c.value[0] for c in commands if c.cmd.upper() == "USER"]
@@ -96,6 +121,7 @@ def test_compose_reserves_gpus_and_mounts_the_run_folders() -> None:
     assert targets == {"/workspace/data", "/workspace/models", "/workspace/logs"}
 
 
+@pytest.mark.skipif(sys.platform == "win32", reason="runs the entrypoint with sh")
 @pytest.mark.parametrize(
     ("args", "expected"),
     [

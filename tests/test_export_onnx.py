@@ -326,6 +326,6 @@ def test_missing_onnx_runtime_is_a_one_line_error(monkeypatch: pytest.MonkeyPatc
         return real_import(name, *args, **kwargs)
 
     monkeypatch.setattr(builtins, "__import__", no_ort)
-    with pytest.raises(TorchSAEError, match=r"pip install 'torchsae\[cpu\]'") as info:
+    with pytest.raises(TorchSAEError, match=r"pip install 'torchsae\[ort\]'") as info:
         make_session(b"")
     assert "\n" not in str(info.value)

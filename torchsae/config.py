@@ -391,7 +391,7 @@ def load_config(path: str | Path) -> Config:
     """Load a YAML or JSON config file (by suffix); errors name the file."""
     path = Path(path)
     try:
-        text = path.read_text()
+        text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read config file ({exc.strerror})") from exc
     try:

@@ -4,16 +4,27 @@ Users' facesets and checkpoints are precious. A file we write first goes to a te
 same folder, is flushed and fsynced, and only then renamed over the target (``os.replace`` is atomic
 on POSIX and Windows). A crash, a full disk or an exception while writing leaves the old file
 byte-identical and no temporary file behind.
+
+Portability: everything here runs on Linux, macOS and Windows. Two things differ on Windows and are
+handled here: a file that another process holds open cannot be replaced for a moment (``os.replace``
+raises PermissionError; we retry for up to :data:`REPLACE_RETRY_S` seconds), and a folder cannot be
+opened to fsync it (:func:`fsync_dir` is best effort), nor can a file opened read-only be fsynced
+(:func:`fsync_file` opens it for writing).
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import sys
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import IO
+
+REPLACE_RETRY_S = 2.0  # Windows only: how long a replace waits for a reader to close the target
+_WINDOWS = sys.platform == "win32"
 
 
 @contextlib.contextmanager
@@ -28,12 +39,14 @@ def atomic_open(path: str | Path, mode: str = "wb") -> Iterator[IO]:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
-        os.fchmod(fd, _target_mode(path))
-        with os.fdopen(fd, mode) as handle:
+        if hasattr(os, "fchmod"):  # POSIX (Windows has only the read-only bit, and mkstemp leaves it off)
+            os.fchmod(fd, _target_mode(path))
+        text = {"encoding": "utf-8", "newline": "\n"} if mode == "w" else {}  # the same bytes everywhere
+        with os.fdopen(fd, mode, **text) as handle:
             yield handle
             handle.flush()
             os.fsync(handle.fileno())
-        os.replace(tmp, path)
+        replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
@@ -65,8 +78,36 @@ def _target_mode(path: Path) -> int:
         return 0o666 & ~umask
 
 
+def replace(source: str | Path, target: str | Path) -> None:
+    """``os.replace``; on Windows, retried while another process briefly holds ``target`` open."""
+    deadline = time.monotonic() + REPLACE_RETRY_S
+    while True:
+        try:
+            os.replace(source, target)
+            return
+        except PermissionError:
+            if not _WINDOWS or time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
+
+
+def fsync_file(path: str | Path) -> None:
+    """Flush a written file's data to disk (portable: Windows needs a handle opened for writing)."""
+    binary = getattr(os, "O_BINARY", 0)
+    try:
+        fd = os.open(path, os.O_RDWR | binary)
+    except PermissionError:  # a read-only file (umask): POSIX fsyncs it through a read-only handle too
+        fd = os.open(path, os.O_RDONLY | binary)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def fsync_dir(directory: Path) -> None:
-    """Persist the rename itself; best effort (not every platform lets a folder be opened)."""
+    """Persist the rename itself; best effort: not every platform lets a folder be opened (Windows
+    refuses). The rename is atomic everywhere; only its durability across a power cut is then left to
+    the file system."""
     try:
         fd = os.open(directory, os.O_RDONLY)
     except OSError:

@@ -50,7 +50,7 @@ def load_truth(truth_dir: str | Path, resolution: int) -> tuple[torch.Tensor, to
     truth_dir = Path(truth_dir)
     manifest = truth_dir / "manifest.json"
     try:
-        items = json.loads(manifest.read_text())["items"]
+        items = json.loads(manifest.read_text(encoding="utf-8"))["items"]
     except (OSError, ValueError, KeyError) as exc:
         raise TorchSAEError(f"{manifest}: not a demo truth manifest ({exc})") from exc
     if not items:

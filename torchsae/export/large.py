@@ -15,7 +15,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from torchsae.fileio import fsync_dir
+from torchsae.fileio import fsync_dir, fsync_file, replace
 
 PROTOBUF_LIMIT = 2**31 - 2**24  # 2 GiB less 16 MiB of headroom for the graph itself
 
@@ -57,9 +57,8 @@ def publish_external(staged: Path, output: Path) -> int:
     os.umask(umask)
     for path in (staged_data, staged):
         os.chmod(path, 0o666 & ~umask)  # the two files get the same, ordinary permissions
-        with open(path, "rb") as handle:
-            os.fsync(handle.fileno())
-    os.replace(staged_data, output.parent / data_name(output))
-    os.replace(staged, output)
+        fsync_file(path)  # opened for writing: Windows cannot fsync a read-only handle
+    replace(staged_data, output.parent / data_name(output))
+    replace(staged, output)
     fsync_dir(output.parent)
     return output.stat().st_size + (output.parent / data_name(output)).stat().st_size

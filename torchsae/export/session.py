@@ -38,7 +38,7 @@ def make_session(
     except ImportError as exc:  # not in install_requires: onnxruntime and onnxruntime-gpu conflict
         raise ExportError(
             "exports are verified with ONNX Runtime, which is not installed: "
-            "pip install 'torchsae[cpu]' (or 'torchsae[gpu]' on GPU machines)"
+            "pip install 'torchsae[ort]' (or 'torchsae[gpu]' / 'torchsae[gpu-cu12]' on CUDA 13 / 12 machines)"
         ) from exc
 
     options = ort.SessionOptions()

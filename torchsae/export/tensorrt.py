@@ -36,7 +36,9 @@ def missing_requirements() -> str | None:
         import tensorrt  # noqa: F401
     except (ImportError, OSError) as exc:
         reason = "not installed" if isinstance(exc, ModuleNotFoundError) else f"cannot load: {exc}"
-        missing.append(f"TensorRT (Python package 'tensorrt' {reason}; pip install 'torchsae[gpu]')")
+        missing.append(
+            f"TensorRT (Python package 'tensorrt' {reason}; pip install 'torchsae[gpu]', or 'torchsae[gpu-cu12]' with CUDA 12)"
+        )
     import torch
 
     if not torch.cuda.is_available():

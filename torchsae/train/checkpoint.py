@@ -30,7 +30,7 @@ import numpy as np
 import torch
 
 from torchsae.errors import TorchSAEError
-from torchsae.fileio import atomic_open
+from torchsae.fileio import atomic_open, replace
 
 FORMAT = "torchsae-checkpoint"
 VERSION = 1
@@ -144,7 +144,7 @@ def _retain_copy(source: Path, target: Path) -> None:
         tmp.unlink()
     try:
         os.link(source, tmp)
-        os.replace(tmp, target)
+        replace(tmp, target)
     except OSError:
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()

@@ -85,11 +85,13 @@ def init_distributed(device_name: str = "auto", timeout_s: float = 1800.0) -> Di
         torch.cuda.set_device(device)
     if world_size <= 1:
         return DistInfo(0, 0, 1, device, None)
-    backend = "nccl" if device.type == "cuda" else "gloo"
+    # NCCL on CUDA where torch has it; torch's Windows builds have no NCCL, and gloo (slower, but it
+    # all-reduces CUDA tensors too) takes its place there
+    backend = "nccl" if device.type == "cuda" and dist.is_nccl_available() else "gloo"
     if not dist.is_initialized():
         timeout = datetime.timedelta(seconds=timeout_s)
         kwargs: dict[str, Any] = {"backend": backend, "timeout": timeout}
-        if device.type == "cuda":
+        if backend == "nccl":
             kwargs["device_id"] = device
         # torchrun's agent keeps one store across --max-restarts; the keys of a restarted attempt
         # must not meet the dead attempt's (a stale gloo address means "connection refused")

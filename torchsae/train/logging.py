@@ -12,13 +12,13 @@ when stderr is a terminal (see ``torchsae.train.report.resolve_progress``).
 from __future__ import annotations
 
 import os
-import resource
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import psutil
 import torch
 from tqdm import tqdm
 
@@ -26,11 +26,29 @@ from torchsae.errors import ConfigError
 from torchsae.train.report import plain_line, resolve_progress
 
 
+def peak_rss_bytes() -> int:
+    """The process's peak resident memory in bytes, on any platform.
+
+    Windows: psutil's ``peak_wset`` (peak working set). POSIX: ``getrusage``'s ``ru_maxrss`` (kB on
+    Linux, bytes on macOS); psutil has no peak there. Where neither exists, the current RSS.
+    """
+    info = psutil.Process().memory_info()
+    peak = getattr(info, "peak_wset", None)
+    if peak is not None:
+        return int(peak)
+    try:
+        import resource  # POSIX only
+    except ImportError:
+        return int(info.rss)
+    maxrss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return int(maxrss if sys.platform == "darwin" else maxrss * 1024)
+
+
 def memory_mb(device: torch.device) -> float:
     """Peak memory in MiB: the allocator's peak on CUDA, the process's peak RSS on the CPU."""
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**20
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # kB on Linux
+    return peak_rss_bytes() / 2**20
 
 
 class TrainLogger:

@@ -26,7 +26,7 @@ def _raw_file_overrides(path: Path) -> Overrides:
 
     import yaml
 
-    text = path.read_text()
+    text = path.read_text(encoding="utf-8")
     data = json.loads(text) if path.suffix.lower() == ".json" else yaml.safe_load(text)
     return {section: dict(values or {}) for section, values in (data or {}).items()}
 

@@ -1,9 +1,13 @@
-"""Graceful stop on SIGINT/SIGTERM: finish the current step, save, exit 0.
+"""Graceful stop on SIGINT/SIGTERM (and Ctrl-Break on Windows): finish the current step, save, exit 0.
 
 Why a flag and not an exception: an exception can land in the middle of an optimizer step or a
 checkpoint write; the loop instead checks the flag between steps, so the saved state is always a whole
 step. A second SIGINT means "now": it raises KeyboardInterrupt at once (the CLI exits 130).
 Under torchrun every rank gets the signal; the loop ORs the flag over ranks so all stop at one step.
+
+Windows: Ctrl-C (SIGINT) and Ctrl-Break (SIGBREAK) reach the handler; SIGTERM is only delivered when
+raised inside the process, since ``taskkill /F`` and TerminateProcess end a process without a signal
+(the checkpoint files stay loadable either way: they are replaced atomically).
 """
 
 from __future__ import annotations
@@ -12,6 +16,11 @@ import signal
 import sys
 import threading
 from types import FrameType
+
+# SIGBREAK exists on Windows only (Ctrl-Break)
+STOP_SIGNALS = tuple(
+    s for s in (signal.SIGINT, signal.SIGTERM, getattr(signal, "SIGBREAK", None)) if s is not None
+)
 
 
 class StopRequest:
@@ -38,7 +47,7 @@ class StopRequest:
 
     def __enter__(self) -> StopRequest:
         if threading.current_thread() is threading.main_thread():
-            for signum in (signal.SIGINT, signal.SIGTERM):
+            for signum in STOP_SIGNALS:
                 self._previous[signum] = signal.signal(signum, self._handle)
         return self
 

@@ -92,7 +92,7 @@ def _test_fail_hook(step: int, rank: int) -> None:
     if at is None or marker is None or step != int(at) or Path(marker).exists():
         return
     if rank == int(os.environ.get("TORCHSAE_TEST_FAIL_RANK", str(rank))):
-        Path(marker).write_text(f"failed once at step {step} on rank {rank}\n")
+        Path(marker).write_text(f"failed once at step {step} on rank {rank}\n", encoding="utf-8")
         raise RuntimeError(f"TORCHSAE_TEST_FAIL_AT_STEP: simulated failure at step {step} on rank {rank}")
 
 
@@ -103,7 +103,7 @@ def _test_probe_hook(model: torch.nn.Module, rank: int, drawn: list[list[int]] |
     if folder:
         Path(folder).mkdir(parents=True, exist_ok=True)
         probe = {"digest": state_digest(model.state_dict()), "index_a": drawn}
-        (Path(folder) / f"rank{rank}.json").write_text(json.dumps(probe))
+        (Path(folder) / f"rank{rank}.json").write_text(json.dumps(probe), encoding="utf-8")
 
 
 def state_digest(state_dict: dict[str, torch.Tensor]) -> str:
