@@ -35,6 +35,37 @@ DEFAULT_OPSET = {"torchsae": 17, "dfm": 12}
 DFM_OPSETS = (12, 16)  # inclusive range
 
 
+@dataclass(frozen=True)
+class OptionSpec:
+    """How one config field appears on the command line and in the docs: declared once, in the field.
+
+    ``torchsae.cli.options`` builds the click options and the flag <-> key table from it, and
+    ``torchsae.cli.options_doc`` the option tables of docs/OPTIONS.md and the README.
+    """
+
+    help: str  # the --help line
+    flag: str | None = None  # default: --field-name
+    dfl: str | None = None  # DeepFaceLab's option of the same meaning, where there is one
+    dfl_text: str | None = None  # the docs' DeepFaceLab column where a bare name says too little
+    choices: tuple[str, ...] | None = None
+    bare: Any = None  # the value of the flag given without one (``--amp`` = auto); None: a value is needed
+    folder: bool = False  # a folder path (click.Path(file_okay=False))
+    default_text: str | None = None  # the default in words, for a default resolved at run time
+    doc: str | None = None  # the docs' longer "what it does" (default: help)
+    commands: tuple[str, ...] = ("train",)  # the commands that take it ("train", "info model", "bench train")
+
+    def flag_for(self, name: str) -> str:
+        return self.flag or "--" + name.replace("_", "-")
+
+
+def option(default: Any, help: str, **spec: Any) -> Any:
+    """A config field that is also a command-line option (see OptionSpec)."""
+    return field(default=default, metadata={"option": OptionSpec(help=help, **spec)})
+
+
+OPTION_SECTIONS = ("model", "data", "loss", "optim", "train")  # the sections whose fields are options
+
+
 def check_opset(layout: str, opset: int) -> None:
     """Raise a one-line ConfigError when ``opset`` does not suit ``layout``."""
     if layout == "dfm":
@@ -72,19 +103,53 @@ def parse_archi(archi: str) -> tuple[str, str]:
     return base, opts
 
 
+_MODEL_COMMANDS = ("train", "info model", "bench train")  # the model-shape options every model command takes
+
+
 @dataclass
 class ModelConfig:
     """Network shape. Mirrors DeepFaceLab's SAEHD options of the same names."""
 
-    archi: str = "liae-ud"
-    resolution: int = 128
-    face_type: str = "wf"
-    ae_dims: int = 256
-    e_dims: int = 64
-    d_dims: int = 64
-    d_mask_dims: int | None = None  # None: d_dims // 3 rounded up to even, as DeepFaceLab does
-    gan_patch_size: int | None = None  # None: resolution // 8
-    gan_dims: int = 16
+    archi: str = option(
+        "liae-ud",
+        "df or liae with options u, d, t, c, e.g. liae-ud.",
+        dfl="archi",
+        doc="`df` or `liae`, plus the letters `u`, `d`, `t`, `c`",
+        commands=_MODEL_COMMANDS,
+    )
+    resolution: int = option(
+        128,
+        "Face resolution in pixels.",
+        dfl="resolution",
+        doc="face size in pixels",
+        commands=_MODEL_COMMANDS,
+    )
+    face_type: str = option("wf", "Face type of the training crops.", dfl="face_type", choices=FACE_TYPES)
+    ae_dims: int = option(256, "Autoencoder (bottleneck) dims.", dfl="ae_dims", commands=_MODEL_COMMANDS)
+    e_dims: int = option(64, "Encoder dims (rounded up to even).", dfl="e_dims", commands=_MODEL_COMMANDS)
+    d_dims: int = option(64, "Decoder dims (rounded up to even).", dfl="d_dims", commands=_MODEL_COMMANDS)
+    d_mask_dims: int | None = option(  # None: d_dims // 3 rounded up to even, as DeepFaceLab does
+        None,
+        "Mask decoder dims (rounded up to even).",
+        dfl="d_mask_dims",
+        default_text="d_dims÷3, even",
+        commands=_MODEL_COMMANDS,
+    )
+    gan_patch_size: int | None = option(  # None: resolution // 8
+        None,
+        "GAN discriminator patch size.",
+        dfl="gan_patch_size",
+        default_text="resolution÷8",
+        doc="the GAN discriminator's receptive field, in pixels",
+        commands=("train", "info model"),
+    )
+    gan_dims: int = option(
+        16,
+        "GAN discriminator base channels.",
+        dfl="gan_dims",
+        doc="the GAN discriminator's base channel count",
+        commands=("train", "info model"),
+    )
 
     @property
     def archi_type(self) -> str:
@@ -161,19 +226,91 @@ class DataConfig:
     A is DeepFaceLab's dst (the faces to replace), B is src (the identity rendered in).
     """
 
-    data_dir_a: str | None = None
-    data_dir_b: str | None = None
-    pretrain_dir: str | None = None
-    index_dir: str | None = None  # None: TORCHSAE_INDEX_DIR, else each faceset's own .torchsae folder
-    backend: str = "auto"
-    workers: int = 2
-    mask_policy: str = "xseg"
-    random_warp: bool = True
-    random_flip_a: bool = True  # DeepFaceLab random_dst_flip default True
-    random_flip_b: bool = False  # DeepFaceLab random_src_flip default False
-    random_hsv_power: float = 0.0
-    ct_mode: str = "none"
-    uniform_yaw: bool = False
+    data_dir_a: str | None = option(
+        None,
+        "A faces (DeepFaceLab's dst: to replace).",
+        dfl_text="`data_dst` aligned folder",
+        folder=True,
+        doc="the faceset to replace",
+    )
+    data_dir_b: str | None = option(
+        None,
+        "B faces (DeepFaceLab's src: the identity).",
+        dfl_text="`data_src` aligned folder",
+        folder=True,
+        doc="the faceset of the identity rendered in",
+    )
+    pretrain_dir: str | None = option(
+        None,
+        "Generic faces for --pretrain (both sides; DFL's pretraining_data_path).",
+        dfl="pretraining_data_path",
+        folder=True,
+        doc="the generic faceset used for both sides while pretraining (see [Pretraining](#pretraining))",
+    )
+    index_dir: str | None = option(  # None: TORCHSAE_INDEX_DIR, else each faceset's own .torchsae folder
+        None,
+        "Keep the facesets' side indexes here instead of in each faceset's .torchsae folder "
+        "(read-only facesets).",
+        folder=True,
+        default_text="$TORCHSAE_INDEX_DIR, else beside the faces",
+        doc="where the facesets' side indexes live; for read-only facesets. Unset: the environment "
+        "variable `TORCHSAE_INDEX_DIR`, else each faceset's `.torchsae/`. Each faceset gets "
+        "`DIR/<folder name>-<hash of its resolved path>/`, so two facesets never share an index. "
+        "`torchsae index --index-dir` takes the same folder",
+    )
+    backend: str = option(
+        "auto",
+        "Where the training images come from: auto (DALI on a GPU with DALI installed, else torch), "
+        "torch, dali or synthetic.",
+        choices=BACKENDS,
+        commands=("train", "bench train"),
+    )
+    workers: int = option(2, "Data-loading worker processes per rank.", commands=("train", "bench train"))
+    mask_policy: str = option(
+        "xseg",
+        "Face masks: xseg (the file's XSeg mask, else its landmark hull), hull, full, or require (XSeg "
+        "or an error).",
+        choices=MASK_POLICIES,
+    )
+    random_warp: bool = option(
+        True,
+        "DeepFaceLab's random warp of the inputs.",
+        dfl="random_warp",
+        doc="DeepFaceLab's random grid warp of the network inputs",
+    )
+    random_flip_a: bool = option(
+        True,
+        "Random flips of A (DeepFaceLab's random_dst_flip).",
+        dfl="random_dst_flip",
+        doc="random horizontal flips of A (probability 0.4)",
+    )
+    random_flip_b: bool = option(
+        False,
+        "Random flips of B (DeepFaceLab's random_src_flip).",
+        dfl="random_src_flip",
+        doc="random horizontal flips of B",
+    )
+    random_hsv_power: float = option(
+        0.0,
+        "0-0.3: random hue/sat/value shift of warped B (DFL's).",
+        dfl="random_hsv_power",
+        doc="0–0.3, typical 0.05: random hue/saturation/value shift of the *warped B input* only",
+    )
+    ct_mode: str = option(
+        "none",
+        "Colour transfer of B towards random A faces.",
+        dfl="ct_mode",
+        choices=CT_MODES,
+        doc="re-colour B (input and target) towards a random A face of the same batch: `rct`, `lct`, "
+        "`mkl`, `idt`, `sot`. All five run batched on the training device",
+    )
+    uniform_yaw: bool = option(
+        False,
+        "Sample faces uniformly over 128 yaw bins (DFL's uniform_yaw).",
+        dfl="uniform_yaw",
+        doc="sample faces uniformly over head yaw instead of uniformly over files (see "
+        "[Uniform yaw](#uniform-yaw))",
+    )
 
     def validate(self) -> None:
         if self.backend not in BACKENDS:
@@ -192,13 +329,55 @@ class DataConfig:
 class LossConfig:
     """SAEHD loss options (spec §3); names and defaults as in DeepFaceLab."""
 
-    masked_training: bool = True
-    eyes_mouth_prio: bool = False
-    face_style_power: float = 0.0
-    bg_style_power: float = 0.0
-    true_face_power: float = 0.0
-    gan_power: float = 0.0
-    blur_out_mask: bool = False
+    masked_training: bool = option(
+        True,
+        "Losses inside the blurred face mask only.",
+        dfl="masked_training",
+        doc="compute the losses only inside the (blurred) face mask",
+    )
+    eyes_mouth_prio: bool = option(
+        False,
+        "Extra L1 weight on eyes and mouth.",
+        dfl="eyes_mouth_prio",
+        doc="extra L1 weight (300×) on eyes and mouth",
+    )
+    face_style_power: float = option(
+        0.0,
+        "0-100: B swap's face colours towards A's.",
+        dfl="face_style_power",
+        doc="0–100: moves the colour statistics (mean and std after a res÷8 blur) of the swap's face "
+        "towards A's; trains the B decoder only",
+    )
+    bg_style_power: float = option(
+        0.0,
+        "0-100: swap's background towards A's.",
+        dfl="bg_style_power",
+        doc="0–100: DSSIM + MSE between the swap and A's target outside B's face mask (DeepFaceLab's "
+        "quirk of using the *B* mask is kept)",
+    )
+    true_face_power: float = option(
+        0.0,
+        "0-1, df only: code discriminator weight.",
+        dfl="true_face_power",
+        doc="0–1, typical 0.01. **DF only.** A code discriminator learns to tell A codes from B codes; "
+        "the autoencoder is pushed to make B codes look like A codes, so the swap resembles B more",
+    )
+    gan_power: float = option(
+        0.0,
+        "0-5: U-Net patch GAN on B's reconstruction.",
+        dfl="gan_power",
+        doc="0–5, typical 0.1: a U-Net patch discriminator judges B's reconstruction against B's "
+        "target; sharper detail at the cost of artefacts early on. With masked training it adds "
+        "DeepFaceLab's two small terms: 1e-6·total variation of the reconstruction and 0.02·MSE of "
+        "its background",
+    )
+    blur_out_mask: bool = option(
+        False,
+        "Blur the targets' background near the face mask (DFL's blur_out_mask).",
+        dfl="blur_out_mask",
+        doc="before anything else, replace each target's background next to the face with a blur of "
+        "the background alone, so the face edge does not learn the background's colours",
+    )
 
     def validate(self) -> None:
         for name, low, high in (
@@ -216,10 +395,32 @@ class LossConfig:
 class OptimConfig:
     """Optimiser options (spec §4)."""
 
-    optimizer: str = "adabelief"
-    lr: float = 5e-5
-    lr_dropout: bool = False
-    clipgrad: bool = False
+    optimizer: str = option(
+        "adabelief",
+        "DeepFaceLab's AdaBelief, or its RMSprop.",
+        dfl="adabelief",
+        dfl_text="`adabelief` (y/n)",
+        choices=OPTIMIZERS,
+    )
+    lr: float = option(
+        5e-5,
+        "Learning rate of the autoencoder and both discriminators.",
+        dfl_text="— (fixed 5e-5)",
+        doc="for the autoencoder and both discriminators",
+    )
+    lr_dropout: bool = option(
+        False,
+        "Bernoulli(0.3) update mask plus cosine lr (DeepFaceLab's lr_dropout).",
+        dfl="lr_dropout",
+        dfl_text="`lr_dropout` (y/cpu)",
+        doc="each step keeps a random 30 % of the weight updates, with a 500-step cosine lr cycle",
+    )
+    clipgrad: bool = option(
+        False,
+        "Clip the global gradient norm at 1.0.",
+        dfl="clipgrad",
+        doc="clip the global gradient norm at 1.0, per optimiser (discriminators included)",
+    )
 
     def validate(self) -> None:
         if self.optimizer not in OPTIMIZERS:
@@ -232,22 +433,73 @@ class OptimConfig:
 class TrainConfig:
     """The training loop. ``batch_size`` is per rank and per side (A and B each)."""
 
-    batch_size: int = 8
-    max_steps: int = 200_000
-    preview_interval: int = 500
-    save_interval: int = 1000
-    log_interval: int = 10
-    keep: int = 3
-    amp: str = "none"
-    seed: int = 0
-    run_dir: str = "."
-    pretrain: bool = False
-    wandb: bool = False
-    compile: bool = False
-    memory_budget: str | None = None
-    grad_accum: int = 1
-    device: str = "auto"
-    progress: str = "auto"  # auto: a bar on a terminal, plain log lines otherwise; bar; plain; none
+    batch_size: int = option(
+        8,
+        "Per rank and per side; the global batch is this x world size.",
+        dfl="batch_size",
+        doc="per GPU (rank) and per side",
+        commands=("train", "bench train"),
+    )
+    max_steps: int = option(
+        200_000,
+        "Train until this step.",
+        dfl="target_iter",
+        doc="the step training stops at",
+    )
+    preview_interval: int = option(500, "Steps between preview images.")
+    save_interval: int = option(1000, "Steps between checkpoints.")
+    log_interval: int = option(10, "Steps between log lines and TensorBoard scalars.")
+    keep: int = option(
+        3,
+        "Numbered checkpoint copies to keep besides last.pth.",
+        doc="retained copies `models/step_XXXXXXXX.pth` besides `last.pth`",
+    )
+    amp: str = option(
+        "none",
+        "Mixed precision: bare --amp = bf16 where supported; --amp fp16 adds a GradScaler.",
+        choices=AMP_MODES,
+        bare="auto",
+        commands=("train", "bench train"),
+    )
+    seed: int = option(0, "Seed of the weights, the augmentation and the sample order.")
+    run_dir: str = option(
+        ".",
+        "Run folder holding models/ and logs/.",
+        doc="the run folder: `models/` and `logs/`",
+    )
+    pretrain: bool = option(
+        False,
+        "Pretrain on --pretrain-dir; resuming without it leaves pretraining.",
+        dfl="pretrain",
+        doc="pretraining mode (see [Pretraining](#pretraining)); never carried over from a checkpoint",
+    )
+    wandb: bool = option(False, "Also log to Weights & Biases (WANDB_MODE=offline works without an account).")
+    compile: bool = option(
+        False,
+        "torch.compile the model (falls back to eager with a warning if it fails).",
+        commands=("train", "bench train"),
+    )
+    memory_budget: str | None = option(
+        None,
+        "Per-GPU memory to fit the step in, e.g. 8GiB: picks the micro-batch, gradient accumulation, "
+        "activation recompute and AMP; prints the plan.",
+        default_text="a GPU's free memory; none on the CPU",
+        doc="per-GPU memory to fit the step in, e.g. `8GiB`; see [docs/MEMORY.md](MEMORY.md)",
+    )
+    grad_accum: int = option(1, "Micro-batches accumulated into one update.")
+    device: str = option("auto", "auto, cpu, cuda or cuda:N.", commands=("train", "bench train"))
+    progress: str = option(  # auto: a bar on a terminal, plain log lines otherwise; bar; plain; none
+        "auto",
+        "Console progress: bar (tqdm), plain (one log line per --log-interval: time, step, ms/step, "
+        "samples/s, loss A, loss B, ETA), none; auto: the bar on a terminal, plain lines when "
+        "stderr is a file or pipe (TORCHSAE_NO_PROGRESS=1 also means no bar).",
+        choices=PROGRESS_MODES,
+        doc="console progress: `bar` (tqdm), `plain` (one line per log interval: time, step, ms/step, "
+        "samples/s, loss A, loss B, ETA), `none` (no per-step lines; messages and summaries still "
+        "print). `auto`: the bar when stderr is a terminal, plain lines when it is a file or a pipe "
+        "(docker logs, nohup, SLURM). The environment variable `TORCHSAE_NO_PROGRESS=1` turns the bar "
+        "into plain lines under `auto`",
+    )
 
     def validate(self) -> None:
         if self.amp not in AMP_MODES:
@@ -350,6 +602,18 @@ _SECTION_CLASSES = {
     "train": TrainConfig,
     "export": ExportConfig,
 }
+
+
+def option_fields() -> list[tuple[str, dataclasses.Field, OptionSpec]]:
+    """Every config field that is a command-line option, as ``(section, field, spec)``, sections in
+    ``OPTION_SECTIONS`` order and fields in declaration order; ``torchsae.cli.options`` builds the
+    click options from it and ``torchsae.cli.options_doc`` the option tables."""
+    return [
+        (section, f, f.metadata["option"])
+        for section in OPTION_SECTIONS
+        for f in fields(_SECTION_CLASSES[section])
+        if "option" in f.metadata
+    ]
 
 
 def _section_from_dict(section_cls: type, values: dict[str, Any], section: str) -> Any:

@@ -30,22 +30,6 @@ COMMANDS: dict[str, str] = {
 }
 
 
-# the model-dims options that train, bench train and info model share (None means "not given")
-MODEL_DIMS_OPTIONS = [
-    click.option("--ae-dims", type=int),
-    click.option("--e-dims", type=int),
-    click.option("--d-dims", type=int),
-    click.option("--d-mask-dims", type=int),
-]
-
-
-def model_dims_options(func):
-    """Apply ``MODEL_DIMS_OPTIONS`` to a click command."""
-    for option in reversed(MODEL_DIMS_OPTIONS):
-        func = option(func)
-    return func
-
-
 class LazyGroup(click.Group):
     """A click group that imports a subcommand's module only when that subcommand runs.
 

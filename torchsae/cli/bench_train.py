@@ -6,21 +6,18 @@ import json
 
 import click
 
-from torchsae.cli import model_dims_options
-from torchsae.config import AMP_MODES, BACKENDS
+from torchsae.cli.options import config_options, model_size_option
 
 
+# The config fields' options (torchsae.config): archi, resolution and the dims override --model-size's
+# preset (None: not given); batch size, amp, compile, device, backend and workers have the field's
+# default (concrete: no --config to layer).
 @click.command("train")
-@click.option("--model-size", type=click.Choice(["128", "256", "384"]), help="Preset resolution and dims.")
-@click.option("--archi", help="df or liae with options u, d, t, c (default: the preset's, else liae-ud).")
-@click.option("--resolution", type=int, help="Face resolution without a preset (default 128).")
-@model_dims_options
-@click.option("--batch-size", type=int, default=8, show_default=True, help="Per side (A and B each).")
+@model_size_option()
+@config_options("bench train", sections=("model",))
+@config_options("bench train", concrete=True, sections=("data", "train"))
 @click.option("--steps", type=int, default=20, show_default=True, help="Timed steps.")
 @click.option("--warmup", type=int, default=3, show_default=True, help="Untimed steps first (compilation).")
-@click.option("--amp", type=click.Choice(AMP_MODES), default="none", show_default=True)
-@click.option("--compile", "compile_", is_flag=True, help="torch.compile the model (eager if it fails).")
-@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
 @click.option(
     "--channels-last/--no-channels-last", default=True, show_default=True, help="NHWC weights on CUDA."
 )
@@ -30,8 +27,6 @@ from torchsae.config import AMP_MODES, BACKENDS
     type=click.Path(file_okay=False, exists=True),
     help="Faceset for --end-to-end: a folder with A/ and B/, or one folder used for both sides.",
 )
-@click.option("--backend", type=click.Choice(BACKENDS), default="auto", show_default=True)
-@click.option("--workers", type=int, default=2, show_default=True, help="Loader workers (end-to-end).")
 @click.option("--json", "as_json", is_flag=True, help="Print the figures as one JSON object.")
 def bench_train_cmd(
     model_size: str | None,
@@ -45,7 +40,7 @@ def bench_train_cmd(
     steps: int,
     warmup: int,
     amp: str,
-    compile_: bool,
+    compile: bool,
     device: str,
     channels_last: bool,
     end_to_end: bool,
@@ -76,7 +71,7 @@ def bench_train_cmd(
         batch_size,
         steps,
         amp=amp,
-        compile=compile_,
+        compile=compile,
         device=device,
         warmup=warmup,
         data_dir=data_dir,

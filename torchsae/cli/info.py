@@ -13,7 +13,7 @@ import json
 
 import click
 
-from torchsae.cli import model_dims_options
+from torchsae.cli.options import config_options, model_size_option
 from torchsae.config import ModelConfig, preset
 
 _MIB = 1024 * 1024
@@ -90,14 +90,8 @@ def info() -> None:
 
 
 @info.command("model")
-@click.option(
-    "--model-size", type=click.Choice(["128", "256", "384"]), default=None, help="Start from this preset."
-)
-@click.option("--archi", default=None, help="df or liae plus options u, d, t, c, e.g. liae-ud.")
-@click.option("--resolution", type=int, default=None, help="Face resolution (default: the preset's, or 128).")
-@model_dims_options
-@click.option("--gan-patch-size", type=int, default=None, help="Default: resolution // 8.")
-@click.option("--gan-dims", type=int, default=None)
+@model_size_option("Start from this preset (its archi, resolution and dims; the options override them).")
+@config_options("info model")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 def model_cmd(
     model_size: str | None,
