@@ -63,6 +63,16 @@ def option(default: Any, help: str, **spec: Any) -> Any:
     return field(default=default, metadata={"option": OptionSpec(help=help, **spec)})
 
 
+def check_choices(section: Any) -> None:
+    """Raise ConfigError for the first field (in declaration order) whose value is not one of its
+    declared ``choices``: ``ct_mode 'x': must be one of none, rct, ...``."""
+    for f in fields(section):
+        spec = f.metadata.get("option")
+        value = getattr(section, f.name)
+        if spec is not None and spec.choices is not None and value not in spec.choices:
+            raise ConfigError(f"{f.name} {value!r}: must be one of {', '.join(spec.choices)}")
+
+
 OPTION_SECTIONS = ("model", "data", "loss", "optim", "train")  # the sections whose fields are options
 
 
@@ -198,8 +208,7 @@ class ModelConfig:
     def validate(self) -> None:
         """Raise ConfigError naming the field and the nearest valid values."""
         parse_archi(self.archi)
-        if self.face_type not in FACE_TYPES:
-            raise ConfigError(f"face_type {self.face_type!r}: must be one of {', '.join(FACE_TYPES)}")
+        check_choices(self)
         multiple = 32 if self.has("d") else 16
         if self.resolution < multiple or self.resolution % multiple:
             lower = max(multiple, self.resolution // multiple * multiple)
@@ -313,12 +322,7 @@ class DataConfig:
     )
 
     def validate(self) -> None:
-        if self.backend not in BACKENDS:
-            raise ConfigError(f"backend {self.backend!r}: must be one of {', '.join(BACKENDS)}")
-        if self.mask_policy not in MASK_POLICIES:
-            raise ConfigError(f"mask_policy {self.mask_policy!r}: must be one of {', '.join(MASK_POLICIES)}")
-        if self.ct_mode not in CT_MODES:
-            raise ConfigError(f"ct_mode {self.ct_mode!r}: must be one of {', '.join(CT_MODES)}")
+        check_choices(self)
         if not 0.0 <= self.random_hsv_power <= 0.3:
             raise ConfigError(f"random_hsv_power {self.random_hsv_power}: must be in [0, 0.3]")
         if self.workers < 0:
@@ -423,8 +427,7 @@ class OptimConfig:
     )
 
     def validate(self) -> None:
-        if self.optimizer not in OPTIMIZERS:
-            raise ConfigError(f"optimizer {self.optimizer!r}: must be one of {', '.join(OPTIMIZERS)}")
+        check_choices(self)
         if not self.lr > 0:
             raise ConfigError(f"lr must be positive, got {self.lr}")
 
@@ -502,10 +505,7 @@ class TrainConfig:
     )
 
     def validate(self) -> None:
-        if self.amp not in AMP_MODES:
-            raise ConfigError(f"amp {self.amp!r}: must be one of {', '.join(AMP_MODES)}")
-        if self.progress not in PROGRESS_MODES:
-            raise ConfigError(f"progress {self.progress!r}: must be one of {', '.join(PROGRESS_MODES)}")
+        check_choices(self)
         for name in (
             "batch_size",
             "max_steps",
