@@ -207,6 +207,9 @@ class TrainConfig:
     save_interval: int = 1000
     log_interval: int = 10
     keep: int = 3
+    snapshot_every: int = 0  # steps between snapshots kept forever (models/snapshots/); 0: none
+    autobackup_hours: float = 0.0  # also a snapshot every H hours of training (DFL's autobackup); 0: off
+    spike_factor: float = 10.0  # a loss above this x its running median is a bad step; 0: guard off
     amp: str = "none"
     seed: int = 0
     run_dir: str = "."
@@ -232,6 +235,12 @@ class TrainConfig:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.keep < 0:
             raise ConfigError(f"keep must be >= 0, got {self.keep}")
+        if self.snapshot_every < 0:
+            raise ConfigError(f"snapshot_every must be >= 0 (0: no snapshots), got {self.snapshot_every}")
+        if self.autobackup_hours < 0:
+            raise ConfigError(f"autobackup_hours must be >= 0 (0: off), got {self.autobackup_hours}")
+        if self.spike_factor != 0 and self.spike_factor <= 1:
+            raise ConfigError(f"spike_factor must be 0 (off) or above 1, got {self.spike_factor}")
 
 
 @dataclass
