@@ -1,0 +1,236 @@
+"""Issue 14: divergence never costs a good checkpoint; a failure saves first; one run per folder;
+resuming an older copy never deletes it; snapshots are kept forever."""
+
+from __future__ import annotations
+
+import errno
+import subprocess
+from pathlib import Path
+
+import pytest
+import torch
+from test_train_support import make_faceset, subprocess_env, tiny_config, train_command
+
+from torchsae.errors import TorchSAEError
+from torchsae.losses import SAEHDLoss
+from torchsae.train import checkpoint as ck
+from torchsae.train import trainer
+from torchsae.train.runconfig import resolve_run_config
+from torchsae.train.trainer import DivergedError, TrainingFailed, state_digest, train
+
+
+@pytest.fixture(scope="module")
+def faceset(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    return make_faceset(tmp_path_factory.mktemp("faces"))
+
+
+def _digests(models: Path) -> dict[str, str]:
+    files = [models / "last.pth", *(p for _, p in ck.retained_checkpoints(models))]
+    return {p.name: state_digest(ck.load_checkpoint(p)["model"]) for p in files if p.exists()}
+
+
+def _scale_loss_at(monkeypatch: pytest.MonkeyPatch, calls_to_scale: set[int], factor: float) -> None:
+    original = SAEHDLoss.forward
+    calls = [0]
+
+    def forward(self, out, batch, *args, **kwargs):
+        loss, terms = original(self, out, batch, *args, **kwargs)
+        index = calls[0]
+        calls[0] += 1
+        return (loss * factor if index in calls_to_scale else loss), terms
+
+    monkeypatch.setattr(SAEHDLoss, "forward", forward)
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_a_huge_lr_never_overwrites_the_good_checkpoints(tmp_path: Path, faceset) -> None:
+    """--lr 1e6 on a trained run: the first update is finite and used to be saved, then pruned the
+    good copies; now nothing diverged is written, restores use pre-streak files and the run fails."""
+    cfg = tiny_config(tmp_path, faceset, 20, save_interval=2, keep=3)
+    train(cfg)
+    models = tmp_path / "models"
+    before = _digests(models)
+    assert sorted(before) == ["last.pth", "step_00000016.pth", "step_00000018.pth", "step_00000020.pth"]
+    exploding = tiny_config(tmp_path, faceset, 60, save_interval=2, keep=3)
+    exploding.optim.lr = 1e6
+    with pytest.raises(DivergedError) as caught:
+        train(exploding, resume=models / "last.pth")
+    assert "\n" not in str(caught.value)
+    assert _digests(models) == before  # every good file is still there, byte for byte the same weights
+
+
+def test_a_finite_loss_spike_is_a_bad_streak_and_restores(
+    tmp_path: Path, faceset, monkeypatch, capsys
+) -> None:
+    _scale_loss_at(monkeypatch, set(range(15, 20)), 1e4)  # finite, far above the running level
+    cfg = tiny_config(tmp_path, faceset, 24, save_interval=1, keep=100)
+    result = train(cfg)
+    assert result.skipped_steps == 5
+    err = capsys.readouterr().err
+    assert "restored the weights and optimiser state of" in err and "(step 14," in err
+    steps = [s for s, _ in ck.retained_checkpoints(tmp_path / "models")]
+    assert not set(range(15, 21)) & set(steps)  # nothing saved during the streak (nor the restored state)
+    assert {14, 21, 24} <= set(steps)
+
+
+def test_the_spike_guard_can_be_switched_off(tmp_path: Path, faceset, monkeypatch) -> None:
+    _scale_loss_at(monkeypatch, set(range(15, 20)), 1e4)
+    cfg = tiny_config(tmp_path, faceset, 22, spike_factor=0.0)
+    assert train(cfg).skipped_steps == 0
+
+
+def test_a_run_that_skipped_most_steps_fails(tmp_path: Path, faceset, monkeypatch) -> None:
+    original = SAEHDLoss.forward
+    calls = [0]
+
+    def forward(self, out, batch, *args, **kwargs):  # two bad steps in three: never a full streak
+        loss, terms = original(self, out, batch, *args, **kwargs)
+        calls[0] += 1
+        return (loss * float("nan") if calls[0] % 3 else loss), terms
+
+    monkeypatch.setattr(SAEHDLoss, "forward", forward)
+    with pytest.raises(DivergedError, match="of this run's 12 steps were skipped"):
+        train(tiny_config(tmp_path, faceset, 12))
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_an_exception_in_the_loop_saves_the_last_whole_step_first(
+    tmp_path: Path, faceset, monkeypatch
+) -> None:
+    def fail_at_7(step: int, rank: int) -> None:
+        if step == 7:
+            raise OSError(errno.EIO, "Input/output error", "/media/usb/faces/00042.jpg")
+
+    monkeypatch.setattr(trainer, "_test_fail_hook", fail_at_7)
+    run = tmp_path / "run"
+    with pytest.raises(TrainingFailed) as caught:
+        train(tiny_config(run, faceset, 10))
+    message = str(caught.value)
+    assert "\n" not in message and "OSError" in message and "saved" in message and "(step 7)" in message
+    assert ck.load_checkpoint(run / "models" / "last.pth")["step"] == 7
+    monkeypatch.undo()
+    # the save holds RNG and data positions: resuming it equals an uninterrupted run bit for bit
+    train(tiny_config(run, faceset, 10), resume=run / "models" / "last.pth")
+    train(tiny_config(tmp_path / "straight", faceset, 10))
+    assert _digests(run / "models")["last.pth"] == _digests(tmp_path / "straight" / "models")["last.pth"]
+
+
+def test_a_full_disk_is_one_line_and_keeps_the_previous_checkpoint(
+    tmp_path: Path, faceset, monkeypatch, capsys
+) -> None:
+    train(tiny_config(tmp_path, faceset, 2))
+    before = _digests(tmp_path / "models")["last.pth"]
+    real_save = torch.save
+
+    def full_disk(obj, handle, *args, **kwargs):
+        real_save(obj, handle, *args, **kwargs)
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(torch, "save", full_disk)
+    with pytest.raises(ck.CheckpointError, match="no checkpoint could be written"):
+        train(tiny_config(tmp_path, faceset, 6, save_interval=2), resume=tmp_path / "models" / "last.pth")
+    err = capsys.readouterr().err
+    assert "Checkpoint not written: " in err
+    assert "last.pth: No space left on device; the previous checkpoint is kept" in err
+    monkeypatch.undo()
+    assert _digests(tmp_path / "models")["last.pth"] == before
+    assert not list((tmp_path / "models").glob(".*.tmp"))
+
+
+def _start(faceset, run: Path, *extra: str) -> subprocess.Popen:
+    return subprocess.Popen(
+        train_command(faceset, run, *extra),
+        env=subprocess_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def test_a_second_run_on_the_same_folder_is_refused(tmp_path: Path, faceset) -> None:
+    first = _start(faceset, tmp_path, "--max-steps", "100000", "--save-interval", "100000")
+    try:
+        for line in first.stdout:
+            if line.startswith("Training "):
+                break
+        stray = tmp_path / "models" / ".last.pth.abc123.tmp"  # what a live save looks like
+        stray.write_bytes(b"in flight")
+        second = subprocess.run(
+            train_command(faceset, tmp_path, "--max-steps", "3"),
+            env=subprocess_env(),
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert second.returncode != 0
+        lines = second.stderr.strip().splitlines()
+        assert "Traceback" not in second.stderr
+        assert f"another training is using this run folder (PID {first.pid}" in lines[-1]
+        assert stray.exists()  # the refused start cleaned up nothing of the live run
+    finally:
+        first.kill()
+        first.communicate()
+    # the kernel released the dead holder's lock: the folder is usable again at once
+    again = subprocess.run(
+        train_command(faceset, tmp_path, "--max-steps", "2"),
+        env=subprocess_env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert again.returncode == 0, again.stderr[-2000:]
+
+
+def test_resuming_an_older_copy_never_deletes_it(tmp_path: Path, faceset, capsys) -> None:
+    models = tmp_path / "models"
+    train(tiny_config(tmp_path, faceset, 10, save_interval=2, keep=3))
+    assert [s for s, _ in ck.retained_checkpoints(models)] == [6, 8, 10]
+    older = models / "step_00000006.pth"
+    capsys.readouterr()
+    train(tiny_config(tmp_path, faceset, 9, save_interval=1, keep=3), resume=older)
+    out = capsys.readouterr().out
+    assert "is older than" in out and "(step 10)" in out
+    assert older.exists()
+    assert [s for s, _ in ck.retained_checkpoints(models)] == [6, 7, 8, 9]  # 6 kept, newest 3 written
+    assert ck.load_checkpoint(models / "last.pth")["step"] == 9
+
+
+def test_snapshots_are_kept_listed_and_resumable(tmp_path: Path, faceset) -> None:
+    models = tmp_path / "models"
+    train(tiny_config(tmp_path, faceset, 12, save_interval=2, keep=1, snapshot_every=4))
+    kinds = [(kind, step) for kind, step, _ in ck.list_checkpoints(models)]
+    assert kinds == [("snapshot", 4), ("snapshot", 8), ("snapshot", 12), ("copy", 12), ("last", 12)]
+    snapshot = models / "snapshots" / "step_00000004.pth"
+    config, resume = resolve_run_config({}, resume=snapshot)
+    assert resume == snapshot and Path(config.train.run_dir) == tmp_path
+    assert train(config, resume=resume).step == 12
+    assert ck.load_checkpoint(snapshot)["step"] == 4
+
+
+def test_autobackup_hours_takes_snapshots(tmp_path: Path, faceset) -> None:
+    train(tiny_config(tmp_path, faceset, 3, autobackup_hours=1e-9, save_interval=100))
+    assert [s for s, _ in ck.snapshots(tmp_path / "models")] == [1, 2, 3]
+
+
+def test_a_corrupt_last_checkpoint_names_the_intact_copies(tmp_path: Path, faceset) -> None:
+    train(tiny_config(tmp_path, faceset, 4, save_interval=2, keep=2))
+    last = tmp_path / "models" / "last.pth"
+    last.unlink()  # (writing in place would also change step_00000004.pth, a hard link of it)
+    last.write_bytes(b"\0" * 100)
+    with pytest.raises(TorchSAEError) as caught:
+        resolve_run_config({"train": {"run_dir": str(tmp_path)}})
+    message = str(caught.value)
+    assert (
+        "not a zip archive" in message and "step_00000004.pth" in message and "step_00000002.pth" in message
+    )
+    assert "mmap" not in message
+
+
+def test_run_dir_and_last_pth_of_the_wrong_kind_are_one_line(tmp_path: Path, faceset) -> None:
+    a_file = tmp_path / "file"
+    a_file.write_text("x")
+    with pytest.raises(TorchSAEError, match="--run-dir is a file"):
+        resolve_run_config({"train": {"run_dir": str(a_file)}})
+    (tmp_path / "run" / "models" / "last.pth").mkdir(parents=True)
+    with pytest.raises(TorchSAEError, match="last.pth: is a folder"):
+        resolve_run_config({"train": {"run_dir": str(tmp_path / "run")}})
