@@ -3,8 +3,12 @@ resuming an older copy never deletes it; snapshots are kept forever."""
 
 from __future__ import annotations
 
+import contextlib
 import errno
+import os
+import signal
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -234,3 +238,51 @@ def test_run_dir_and_last_pth_of_the_wrong_kind_are_one_line(tmp_path: Path, fac
     (tmp_path / "run" / "models" / "last.pth").mkdir(parents=True)
     with pytest.raises(TorchSAEError, match="last.pth: is a folder"):
         resolve_run_config({"train": {"run_dir": str(tmp_path / "run")}})
+
+
+def _descendants(pid: int) -> list[int]:
+    """Every process below ``pid`` (Linux /proc)."""
+    parents: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            parents.setdefault(ppid, []).append(int(entry.name))
+    found, todo = [], [pid]
+    while todo:
+        for child in parents.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child)
+    return found
+
+
+def _running(pid: int) -> bool:
+    try:
+        return (Path("/proc") / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs Linux /proc")
+def test_kill_9_of_the_trainer_takes_its_data_workers_along(tmp_path: Path, faceset) -> None:
+    proc = _start(faceset, tmp_path, "--max-steps", "100000", "--save-interval", "100000", "--workers", "2")
+    for line in proc.stdout:
+        if line.startswith("Training "):
+            break
+    deadline = time.monotonic() + 30
+    while len(_descendants(proc.pid)) < 3 and time.monotonic() < deadline:  # fork server + workers
+        time.sleep(0.2)
+    helpers = _descendants(proc.pid)
+    assert len(helpers) >= 3, helpers
+    os.kill(proc.pid, signal.SIGKILL)  # not reaped yet: a zombie trainer must count as dead
+    deadline = time.monotonic() + 15
+    while any(_running(p) for p in helpers) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    left = [p for p in helpers if _running(p)]
+    for pid in left:  # do not leak them from the test either
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    proc.communicate()  # (a survivor holding the pipes would block this forever)
+    assert not left, "orphaned data-loading processes survived the trainer"

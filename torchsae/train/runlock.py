@@ -34,12 +34,22 @@ class RunLockError(TorchSAEError):
 
 
 def _pid_alive(pid: int) -> bool:
+    stat = Path(f"/proc/{pid}/stat")
+    if stat.parent.parent.is_dir() and Path("/proc/self/stat").exists():  # Linux: a zombie is dead too
+        try:
+            return stat.read_text().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
+        except (OSError, IndexError):
+            return False
     try:
         import psutil  # type: ignore[import-not-found]
 
-        return bool(psutil.pid_exists(pid))
+        if not psutil.pid_exists(pid):
+            return False
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
     except ImportError:
         pass
+    except Exception:  # psutil.NoSuchProcess between the two calls
+        return False
     if os.name != "posix":
         return True  # unknown: assume alive (os.kill(pid, 0) would terminate it on Windows)
     try:
