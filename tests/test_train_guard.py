@@ -286,3 +286,28 @@ def test_kill_9_of_the_trainer_takes_its_data_workers_along(tmp_path: Path, face
             os.kill(pid, signal.SIGKILL)
     proc.communicate()  # (a survivor holding the pipes would block this forever)
     assert not left, "orphaned data-loading processes survived the trainer"
+
+
+@pytest.mark.parametrize(
+    ("extra", "config_text", "expected"),
+    [
+        (["--lr", "inf"], None, "optim.lr: must be a finite number, got inf"),
+        (["--spike-factor", "nan"], None, "train.spike_factor: must be a finite number"),
+        ([], "train:\n  batch_size: eight\n", "train.batch_size: must be an integer, got 'eight'"),
+    ],
+)
+def test_bad_option_values_are_one_line_before_training(
+    tmp_path: Path, faceset, extra: list[str], config_text: str | None, expected: str
+) -> None:
+    from click.testing import CliRunner
+
+    from torchsae.cli import main
+
+    args = train_command(faceset, tmp_path / "run", "--max-steps", "2", *extra)[2:]
+    if config_text is not None:
+        (tmp_path / "cfg.yaml").write_text(config_text)
+        args += ["--config", str(tmp_path / "cfg.yaml")]
+    result = CliRunner().invoke(main, ["train", *args])
+    assert result.exit_code != 0
+    assert expected in result.output and "Traceback" not in result.output
+    assert not (tmp_path / "run" / "models" / "last.pth").exists()
