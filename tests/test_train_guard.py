@@ -311,3 +311,23 @@ def test_bad_option_values_are_one_line_before_training(
     assert result.exit_code != 0
     assert expected in result.output and "Traceback" not in result.output
     assert not (tmp_path / "run" / "models" / "last.pth").exists()
+
+
+def test_skipped_files_and_decode_failures_are_reported(tmp_path: Path, capsys) -> None:
+    faces = make_faceset(tmp_path / "faces")
+    (faces[0] / "notes.jpg").write_bytes(b"not a jpeg")  # the index skips it
+    train(tiny_config(tmp_path / "run", faces, 1))
+    out = capsys.readouterr().out
+    assert "Side A: 8 faces used, 1 files skipped by the index" in out
+    for path in sorted(faces[0].glob("*.jpg"))[:4]:  # go bad after indexing, size and mtime unchanged
+        info = path.stat()
+        path.write_bytes(b"\0" * info.st_size)
+        os.utime(path, ns=(info.st_atime_ns, info.st_mtime_ns))
+    train(
+        tiny_config(tmp_path / "run", faces, 21, log_interval=5),
+        resume=tmp_path / "run" / "models" / "last.pth",
+    )
+    err = capsys.readouterr().err
+    assert "samples failed to decode in this run and were replaced" in err
+    events = list((tmp_path / "run" / "logs").rglob("events.out.tfevents.*"))
+    assert events and any(b"data/decode_failures" in e.read_bytes() for e in events)

@@ -51,6 +51,7 @@ from torchsae.train.adversarial import (
     drop_reshaped_gan,
 )
 from torchsae.train.data import make_preview_samples, make_train_batches
+from torchsae.train.datahealth import DataHealth
 from torchsae.train.dist import DistInfo, gather_to_main, init_distributed, shutdown
 from torchsae.train.guard import DivergenceGuard, Failsafe, Lineage, PendingSave, sync_step_flags
 from torchsae.train.logging import TrainLogger, memory_mb
@@ -214,6 +215,10 @@ def _train(
         f"batch {cfg.train.batch_size} per rank per side, global batch {global_batch} per side"
         + (f", amp {amp_dtype}" if amp_dtype is not None else "")
     )
+
+    health = DataHealth(data, 2 * cfg.train.batch_size)
+    for line in health.start_lines():
+        say(line)
 
     ddp_model = (
         DDP(model, device_ids=[device.index] if device.type == "cuda" else None)
@@ -412,7 +417,10 @@ def _train(
             guard.reset_streak()
             pending = None
         if step % cfg.train.log_interval == 0 or step == cfg.train.max_steps:
-            _log(logger, info, step, sums, sums_count, lr, grad_norm, metrics, device)
+            _log(logger, info, step, sums, sums_count, lr, grad_norm, metrics, device, health.scalars())
+            warning = health.warning(step - start_step)
+            if warning:
+                logger.message(warning)
             sums, sums_count = {}, 0
         if info.is_main and (step % cfg.train.preview_interval == 0 or step == cfg.train.max_steps):
             write_preview()
@@ -528,7 +536,7 @@ def _load_weights(state: dict[str, Any], model, discs, optimizers, scaler, path:
         scaler.load_state_dict(state["scaler"])
 
 
-def _log(logger, info, step, sums, count, lr, grad_norm, metrics, device) -> None:
+def _log(logger, info, step, sums, count, lr, grad_norm, metrics, device, extra=None) -> None:
     """Average the device-side sums over the interval (and over ranks) and write them (rank 0)."""
     if count == 0 or not sums:
         return
@@ -549,6 +557,7 @@ def _log(logger, info, step, sums, count, lr, grad_norm, metrics, device) -> Non
             "perf/samples_per_s": samples_s,
             "perf/memory_mb": memory_mb(device),
             "perf/time": time.time(),
+            **(extra or {}),
         }
     )
     for side in ("a", "b"):
