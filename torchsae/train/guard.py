@@ -53,12 +53,12 @@ def sync_step_flags(
 ) -> StepFlags:
     """One small tensor, reduced with MAX over ranks and read once: the step's only host sync."""
     device = loss.device
-    values = torch.stack(
+    host_flags = torch.tensor([float(stop), float(backup_due)]).to(device, non_blocking=True)
+    values = torch.cat(
         [
-            non_finite.to(device=device, dtype=torch.float32),
-            torch.tensor(float(stop), device=device),
-            torch.tensor(float(backup_due), device=device),
-            torch.nan_to_num(loss.detach().float(), nan=float("inf")),
+            non_finite.to(device=device, dtype=torch.float32).reshape(1),
+            host_flags,
+            torch.nan_to_num(loss.detach().float(), nan=float("inf")).reshape(1),
         ]
     )
     if info.distributed:
