@@ -267,9 +267,10 @@ def _train(
         """Write the current weights as the state of ``at_step`` (rank 0; the others only agree)."""
         nonlocal last_path, saved_step, written
         saved_step = at_step
-        for path in _checkpoint_paths(models_dir, at_step, cfg.train.keep, snapshot):
-            lineage.record(path, at_step)
-        if not info.is_main:
+        paths = _checkpoint_paths(models_dir, at_step, cfg.train.keep, snapshot)
+        if not info.is_main:  # rank 0 writes; the others record what it writes (a shared folder)
+            for path in paths:
+                lineage.record(path, at_step)
             return True
         state = {
             "step": at_step,
@@ -290,6 +291,8 @@ def _train(
             logger.message(f"Checkpoint not written: {exc}")
             return False
         written += 1
+        for path in paths:
+            lineage.record(path, at_step)
         if snapshot:
             logger.message(f"Snapshot kept: {models_dir / ckpt.SNAPSHOT_DIR / ckpt.step_name(at_step)}")
         return True
@@ -316,7 +319,8 @@ def _train(
         ckpt.restore_rng_state(rng_state)  # last, so set-up above cannot shift the random streams
     stopped = False
     drawn: list[list[int]] | None = [] if os.environ.get("TORCHSAE_TEST_PROBE_DIR") else None
-    whole = _capture_local(data)  # this rank's RNG/data state after the last whole step
+    # this rank's RNG/data state after the last whole step (for a save on failure: one process only)
+    whole = _capture_local(data) if not info.distributed else None
     updating = False  # between the optimiser update and the step count: the state is not whole
 
     def save_on_failure() -> str:
@@ -388,8 +392,8 @@ def _train(
             terms.update(discriminator_steps(cfg, loss_fn, ddp_model, ddp_discs, optimizers, batch, autocast))
 
         step += 1
+        whole = _capture_local(data) if not info.distributed else None
         updating = False
-        whole = _capture_local(data)
         if not bad_step:
             for name, value in terms.items():
                 sums[name] = sums.get(name, 0.0) + value.float()
@@ -428,7 +432,7 @@ def _train(
         if snapshot:
             last_backup = time.monotonic()
         if step == cfg.train.max_steps or stop_now:
-            save_now(snapshot)  # no next step to confirm these weights: written now
+            final_saved = save_now(snapshot)  # no next step to confirm these weights: written now
         elif step % cfg.train.save_interval == 0 or snapshot:
             if not guard.may_save:  # no save, retention or pruning during a bad streak
                 pending = None
@@ -438,7 +442,8 @@ def _train(
         if stop_now:
             stopped = True
             logger.message(
-                f"Stopped by {stop.signal_name or 'a signal on another rank'} at step {step}; saved"
+                f"Stopped by {stop.signal_name or 'a signal on another rank'} at step {step}; "
+                + ("saved" if final_saved else f"not saved (bad steps); {last_path} is kept")
             )
             break
     failsafe.disarm()
