@@ -329,5 +329,6 @@ def test_skipped_files_and_decode_failures_are_reported(tmp_path: Path, capsys) 
     )
     err = capsys.readouterr().err
     assert "samples failed to decode in this run and were replaced" in err
+    assert "files failed to decode in this run and were replaced by other faces" in err
     events = list((tmp_path / "run" / "logs").rglob("events.out.tfevents.*"))
     assert events and any(b"data/decode_failures" in e.read_bytes() for e in events)

@@ -46,6 +46,13 @@ class DataHealth:
             lines.append(f"{self.start_failed} files failed to decode earlier in this run and were replaced")
         return lines
 
+    def closing_line(self) -> str | None:
+        """The run's decode failures, said once more at the end (None when there were none)."""
+        new = self.failed() - self.start_failed
+        if new <= 0:
+            return None
+        return f"{new} files failed to decode in this run and were replaced by other faces"
+
     def scalars(self) -> dict[str, float]:
         return {"data/skipped_files": float(self.skipped()), "data/decode_failures": float(self.failed())}
 

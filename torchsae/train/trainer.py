@@ -449,6 +449,9 @@ def _train(
     failsafe.disarm()
     if saved_step != step:
         save_now()
+    closing = health.closing_line()
+    if closing:
+        logger.message(closing)
     logger.close()
     data.close()
     _test_probe_hook(model, info.rank, drawn)
