@@ -332,3 +332,15 @@ def test_skipped_files_and_decode_failures_are_reported(tmp_path: Path, capsys) 
     assert "files failed to decode in this run and were replaced by other faces" in err
     events = list((tmp_path / "run" / "logs").rglob("events.out.tfevents.*"))
     assert events and any(b"data/decode_failures" in e.read_bytes() for e in events)
+
+
+def test_a_streak_right_after_resuming_restores_an_earlier_copy(
+    tmp_path: Path, faceset, monkeypatch, capsys
+) -> None:
+    train(tiny_config(tmp_path, faceset, 10, save_interval=2, keep=3))
+    _scale_loss_at(monkeypatch, set(range(5)), float("nan"))  # the resumed weights are bad at once
+    result = train(
+        tiny_config(tmp_path, faceset, 24, save_interval=2, keep=3), resume=tmp_path / "models" / "last.pth"
+    )
+    assert result.step == 24 and result.skipped_steps == 5
+    assert "step_00000008.pth (step 8, saved before the streak began)" in capsys.readouterr().err

@@ -90,7 +90,7 @@ def run_folder_lock(run_dir: str | Path) -> Iterator[None]:
     run_dir = Path(run_dir)
     check_run_dir(run_dir)
     pid_file = run_dir / PID_NAME
-    lock = FileLock(str(run_dir / LOCK_NAME), thread_local=False)
+    lock = FileLock(str(run_dir / LOCK_NAME))
     pid, _ = _read_holder(pid_file)
     wait = DEAD_HOLDER_WAIT_S if pid is not None and pid != os.getpid() and not _pid_alive(pid) else 0
     try:

@@ -475,13 +475,26 @@ def _checkpoint_paths(models_dir: Path, step: int, keep: int, snapshot: bool) ->
 
 
 def _lineage_at_resume(models_dir: Path, resume: Path | None, step: int) -> Lineage:
-    """The run's restorable files at start: the one resumed from and its retained copy, if any."""
+    """The run's restorable files at start: the one resumed from, its retained copy, and the copies
+    and snapshots of earlier steps written before it (its ancestors, as far as time tells)."""
     lineage = Lineage()
-    if resume is not None:
-        lineage.resumed = (Path(resume), step)
-        twin = models_dir / ckpt.step_name(step)
-        if twin.is_file() and twin.samefile(resume):
-            lineage.record(twin, step)
+    if resume is None:
+        return lineage
+    lineage.resumed = (Path(resume), step)
+    try:
+        resumed_at = Path(resume).stat().st_mtime_ns
+    except OSError:
+        return lineage
+    for kind, at_step, path in ckpt.list_checkpoints(models_dir):
+        if kind == "last":
+            continue
+        try:
+            same = path.samefile(resume)
+            older = path.stat().st_mtime_ns <= resumed_at
+        except OSError:
+            continue
+        if same or (at_step < step and older):
+            lineage.record(path, at_step)
     return lineage
 
 
