@@ -344,3 +344,31 @@ def test_a_streak_right_after_resuming_restores_an_earlier_copy(
     )
     assert result.step == 24 and result.skipped_steps == 5
     assert "step_00000008.pth (step 8, saved before the streak began)" in capsys.readouterr().err
+
+
+def test_a_faceset_unplugged_mid_run_saves_and_ends_with_one_line(tmp_path: Path, faceset) -> None:
+    import shutil
+
+    faces_a = tmp_path / "A"
+    shutil.copytree(faceset[0], faces_a)
+    run = tmp_path / "run"
+    cmd = train_command((faces_a, faceset[1]), run, "--max-steps", "100000", "--save-interval", "100000")
+    proc = subprocess.Popen(
+        [*cmd, "--workers", "2"],
+        env=subprocess_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    for line in proc.stdout:
+        if line.startswith("Training "):
+            break
+    time.sleep(2.0)
+    shutil.rmtree(faces_a)  # the drive goes away
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 1, err[-2000:]
+    last_line = err.strip().splitlines()[-1]
+    assert last_line.startswith("Error: ") and "failed to decode" in last_line and "saved" in last_line
+    assert "Traceback" not in err
+    step = ck.load_checkpoint(run / "models" / "last.pth")["step"]
+    assert f"(step {step})" in last_line

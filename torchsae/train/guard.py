@@ -204,11 +204,23 @@ class Failsafe:
             except Exception:  # noqa: S110 - best effort: the process is ending anyway
                 pass
         if isinstance(exc, TorchSAEError):
-            return TrainingFailed(f"{exc}; {where}")
+            return TrainingFailed(f"{_message(exc)}; {where}")
         return TrainingFailed(f"training stopped by {_one_line(exc)}; {where}")
 
 
+def _message(exc: BaseException) -> str:
+    """The one line that says what went wrong. An error re-raised from a DataLoader worker carries the
+    worker's whole traceback in its message; its last line is the original ``Type: message``."""
+    lines = [line.strip() for line in str(exc).strip().splitlines() if line.strip()]
+    if not lines:
+        return ""
+    if len(lines) > 1 and any(line.startswith("Original Traceback") for line in lines):
+        last = lines[-1]
+        name, sep, rest = last.partition(": ")
+        return rest if sep and name.rsplit(".", 1)[-1] == type(exc).__name__ else last
+    return lines[0]
+
+
 def _one_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    first = text.splitlines()[0] if text else ""
+    first = _message(exc)
     return f"{type(exc).__name__}: {first}" if first else type(exc).__name__
