@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -238,6 +239,9 @@ class TrainConfig:
     save_interval: int = 1000
     log_interval: int = 10
     keep: int = 3
+    snapshot_every: int = 0  # steps between snapshots kept forever (models/snapshots/); 0: none
+    autobackup_hours: float = 0.0  # also a snapshot every H hours of training (DFL's autobackup); 0: off
+    spike_factor: float = 10.0  # a loss above this x its running median is a bad step; 0: guard off
     amp: str = "none"
     seed: int = 0
     run_dir: str = "."
@@ -266,6 +270,12 @@ class TrainConfig:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.keep < 0:
             raise ConfigError(f"keep must be >= 0, got {self.keep}")
+        if self.snapshot_every < 0:
+            raise ConfigError(f"snapshot_every must be >= 0 (0: no snapshots), got {self.snapshot_every}")
+        if self.autobackup_hours < 0:
+            raise ConfigError(f"autobackup_hours must be >= 0 (0: off), got {self.autobackup_hours}")
+        if self.spike_factor != 0 and self.spike_factor <= 1:
+            raise ConfigError(f"spike_factor must be 0 (off) or above 1, got {self.spike_factor}")
 
 
 @dataclass
@@ -359,7 +369,38 @@ def _section_from_dict(section_cls: type, values: dict[str, Any], section: str) 
     unknown = set(values) - names
     if unknown:
         raise ConfigError(f"unknown key(s) in config section {section!r}: {', '.join(sorted(unknown))}")
+    for f in fields(section_cls):
+        if f.name in values:
+            values[f.name] = _checked_value(values[f.name], str(f.type), f"{section}.{f.name}")
     return section_cls(**values)
+
+
+def _checked_value(value: Any, annotation: str, key: str) -> Any:
+    """``value`` if it fits the field's type (an int is a float too); a ConfigError naming the key.
+
+    Floats must be finite: ``lr: inf`` or ``nan`` would train nothing and write no checkpoint.
+    """
+    kinds = [part.strip() for part in annotation.split("|")]
+    if value is None:
+        if "None" in kinds:
+            return None
+        raise ConfigError(f"{key}: a value is required (got null)")
+    if "bool" in kinds and isinstance(value, bool):
+        return value
+    if "int" in kinds and isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if "float" in kinds and isinstance(value, (int, float)) and not isinstance(value, bool):
+        if not math.isfinite(value):
+            raise ConfigError(f"{key}: must be a finite number, got {value}")
+        return float(value) if isinstance(value, int) else value
+    if "str" in kinds and isinstance(value, str):
+        return value
+    wanted = " or ".join(
+        {"int": "an integer", "float": "a number", "bool": "true/false", "str": "a string"}.get(k, k)
+        for k in kinds
+        if k != "None"
+    )
+    raise ConfigError(f"{key}: must be {wanted}, got {value!r} ({type(value).__name__})")
 
 
 # Model sizes chosen per resolution for ``--model-size``. 128 is DeepFaceLab's default model (liae-ud,

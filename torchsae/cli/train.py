@@ -70,6 +70,9 @@ OPTION_MAP: dict[str, tuple[str, str]] = {
     "save_interval": ("train", "save_interval"),
     "log_interval": ("train", "log_interval"),
     "keep": ("train", "keep"),
+    "snapshot_every": ("train", "snapshot_every"),
+    "autobackup_hours": ("train", "autobackup_hours"),
+    "spike_factor": ("train", "spike_factor"),
     "amp": ("train", "amp"),
     "seed": ("train", "seed"),
     "run_dir": ("train", "run_dir"),
@@ -103,7 +106,8 @@ TRAIN_OPTIONS = [
     click.option(
         "--resume",
         type=click.Path(dir_okay=False),
-        help="Resume from this checkpoint (default: RUN_DIR/models/last.pth if present).",
+        help="Resume from this checkpoint, e.g. a copy or models/snapshots/step_00010000.pth "
+        "(default: RUN_DIR/models/last.pth if present).",
     ),
     click.option("--run-dir", help="Run folder holding models/ and logs/ (default: the current folder)."),
     click.option(
@@ -128,6 +132,21 @@ TRAIN_OPTIONS = [
         "stderr is a file or pipe (TORCHSAE_NO_PROGRESS=1 also means no bar).",
     ),
     click.option("--keep", type=int, help="Numbered checkpoint copies to keep besides last.pth."),
+    click.option(
+        "--snapshot-every",
+        type=int,
+        help="Also keep a snapshot every N steps forever (models/snapshots/); 0 (default): none.",
+    ),
+    click.option(
+        "--autobackup-hours",
+        type=float,
+        help="Also keep a snapshot every H hours of training (DeepFaceLab's autobackup); 0: off.",
+    ),
+    click.option(
+        "--spike-factor",
+        type=float,
+        help="A loss above this x its running median counts as a bad step (default 10); 0: off.",
+    ),
     click.option(
         "--amp",
         type=click.Choice(AMP_MODES),
