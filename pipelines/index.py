@@ -197,7 +197,7 @@ def build_lock(root: str | Path, index_root: str | Path | None = None) -> Iterat
         lock.acquire()
     except (OSError, Timeout) as exc:
         raise SideIndexError(
-            f"{sidecar}: cannot open or take the index lock ({exc}); an out-of-date index in a "
+            f"{sidecar}: cannot open or take the index lock file ({exc}); an out-of-date index in a "
             "read-only faceset needs --index-dir DIR (or TORCHSAE_INDEX_DIR)"
         ) from exc
     try:
@@ -276,15 +276,25 @@ def _try_load(
         return None
 
 
-def _scan(root: Path) -> dict[str, os.stat_result]:
-    """Candidate files at the top level of the faceset (DeepFaceLab does not recurse either)."""
+def _scan(root: Path, unreadable: dict[str, str] | None = None) -> dict[str, os.stat_result]:
+    """Candidate files at the top level of the faceset (DeepFaceLab does not recurse either).
+
+    An entry that cannot even be stat'ed (a symlink loop, a dangling link, no permission) goes into
+    ``unreadable`` as name -> reason, to be listed as skipped like any other bad file.
+    """
     found = {}
     for entry in os.scandir(root):
         suffix = Path(entry.name).suffix.lower()
         if entry.name.startswith(".") or suffix not in JPEG_SUFFIXES | OTHER_IMAGE_SUFFIXES:
             continue
-        if entry.is_file():
-            found[entry.name] = entry.stat()
+        try:
+            if entry.is_file():
+                found[entry.name] = entry.stat()
+            elif entry.is_symlink() and not entry.is_dir() and unreadable is not None:
+                unreadable[entry.name] = "a symbolic link to nothing (dangling)"
+        except OSError as exc:
+            if unreadable is not None:
+                unreadable[entry.name] = f"cannot read the file ({exc.strerror or exc})"
     return dict(sorted(found.items()))
 
 
@@ -377,25 +387,26 @@ def _write_generation(
     build = family / f".build-{uuid.uuid4().hex}"
     build.mkdir()  # not mkdtemp: its 0700 would hide the index from other users of a shared faceset
     count = len(rows)
-    masks = np.lib.format.open_memmap(
-        build / "masks.npy", mode="w+", dtype=np.uint8, shape=(count, 2, resolution, resolution)
-    )
     landmarks = np.full((count, 68, 2), np.nan, np.float32)
     recrop = np.full((count, 2, 3), np.nan, np.float32)
-    for i, (_, source) in enumerate(rows):
-        if isinstance(source, Indexed):
-            masks[i] = source.masks
-            if source.landmarks is not None and source.landmarks.shape == (68, 2):
-                landmarks[i] = source.landmarks
-            if source.recrop is not None:
-                recrop[i] = source.recrop
-        else:
-            old, row = source
-            masks[i] = old.masks[row]
-            landmarks[i] = old.landmarks[row]
-            recrop[i] = old.recrop[row]
-    masks.flush()
-    del masks
+    # masks.npy is streamed with write(), not filled through a memory map: on a full disk a write to a
+    # mapped page is a SIGBUS that kills the process, while write() raises ENOSPC (an error message)
+    header = {"descr": "|u1", "fortran_order": False, "shape": (count, 2, resolution, resolution)}
+    with open(build / "masks.npy", "wb") as handle:
+        np.lib.format.write_array_header_1_0(handle, header)
+        for i, (_, source) in enumerate(rows):
+            if isinstance(source, Indexed):
+                row_masks = source.masks
+                if source.landmarks is not None and source.landmarks.shape == (68, 2):
+                    landmarks[i] = source.landmarks
+                if source.recrop is not None:
+                    recrop[i] = source.recrop
+            else:
+                old, row = source
+                row_masks = old.masks[row]
+                landmarks[i] = old.landmarks[row]
+                recrop[i] = old.recrop[row]
+            handle.write(np.ascontiguousarray(row_masks, dtype=np.uint8).tobytes())
     with open(build / "landmarks.npy", "wb") as handle:
         np.save(handle, landmarks)
     with open(build / "recrop.npy", "wb") as handle:
@@ -450,9 +461,13 @@ def _build_locked(
     old = _try_load(root, resolution, policy, face_type, index_root)
     old_entries = {} if old is None else {e["name"]: i for i, e in enumerate(old.entries)}
     old_skipped = {} if old is None else {s["name"]: s for s in old.skipped}
-    files = _scan(root)
+    unreadable: dict[str, str] = {}
+    files = _scan(root, unreadable)
     reused: dict[str, object] = {}
-    skipped: dict[str, dict] = {}
+    skipped: dict[str, dict] = {
+        name: {"name": name, "reason": reason, "size": 0, "mtime_ns": 0}
+        for name, reason in unreadable.items()
+    }
     todo: list[str] = []
     for name, stat in files.items():
         if name in old_entries and _unchanged(old.entries[old_entries[name]], stat, root / name, verify):
@@ -483,8 +498,15 @@ def _build_locked(
             rows.append((old_index.entries[row], reused[name]))
     family = index_dir(root, resolution, policy, face_type, index_root)
     bad = [skipped[n] for n in sorted(skipped)]
-    generation = _write_generation(family, resolution, policy, face_type, rows, bad)
-    atomic_write_text(family / "CURRENT", generation.name + "\n")
+    try:
+        generation = _write_generation(family, resolution, policy, face_type, rows, bad)
+        atomic_write_text(family / "CURRENT", generation.name + "\n")
+    except OSError as exc:  # a full disk or a read-only folder: the live generation stays in use
+        for build in family.glob(".build-*"):
+            shutil.rmtree(build, ignore_errors=True)
+        raise SideIndexError(
+            f"{family}: cannot write the faceset index ({exc.strerror or exc}); the previous index is kept"
+        ) from exc
     _remove_old(family, generation)
     report = BuildReport(
         load_index(root, resolution, policy, face_type, index_root), processed=len(todo), reused=len(reused)

@@ -21,6 +21,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+import cv2
 import numpy as np
 import simplejpeg
 
@@ -101,6 +102,19 @@ def _recrop_mat(meta, resolution: int, face_type: str | None) -> np.ndarray | No
     return None if mat is None else np.asarray(mat, np.float32)
 
 
+def _landmark_problem(landmarks: np.ndarray | None) -> str | None:
+    """Why the stored landmarks cannot place a face (non-finite, or collapsed to a point or a line)."""
+    if landmarks is None:
+        return None
+    points = np.asarray(landmarks, np.float64)
+    if points.shape != (68, 2) or not np.isfinite(points).all():
+        return "unusable landmarks (not 68 finite points)"
+    extent = points.max(axis=0) - points.min(axis=0)
+    if extent.min() < 1.0:
+        return "degenerate landmarks (all on one point or one line); re-extract or remove this face"
+    return None
+
+
 def process_file(path: str, resolution: int, policy: str, face_type: str | None = None) -> Indexed | Skipped:
     """Validate ``path`` and compute its index row; never raises for a bad file.
 
@@ -144,10 +158,13 @@ def process_file(path: str, resolution: int, policy: str, face_type: str | None 
     except TorchSAEError as exc:
         return skip(f"unusable DeepFaceLab metadata ({_without_source(exc, path)})")
     wanted = face_type if meta.has_metadata else None
+    problem = _landmark_problem(meta.landmarks) if meta.has_metadata else None
+    if problem is not None:
+        return skip(problem)
     try:
         masks, kind = _draw_masks(meta, width, resolution, policy, path, wanted)
         recrop = _recrop_mat(meta, resolution, wanted)
-    except (TorchSAEError, ValueError) as exc:
+    except (TorchSAEError, ValueError, cv2.error) as exc:  # cv2.error: e.g. an empty stored XSeg mask
         return skip(_without_source(exc, path))
 
     landmarks = None if meta.landmarks is None else np.asarray(meta.landmarks, np.float32)

@@ -8,9 +8,11 @@ checkpoint resumes the exact stream.
 
 from __future__ import annotations
 
+import functools
 import math
 import multiprocessing
 import multiprocessing.context
+import os
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -19,6 +21,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
+from pipelines import lifeline
 from pipelines.decode import decode_sample
 from torchsae.errors import TorchSAEError
 
@@ -142,6 +145,12 @@ def _one_cv2_thread(_worker_id: int) -> None:
     cv2.setNumThreads(1)
 
 
+def _init_worker(worker_id: int, trainer_pid: int) -> None:
+    """One OpenCV thread, and die with the trainer even after ``kill -9`` (``pipelines.lifeline``)."""
+    lifeline.tie_worker(trainer_pid)
+    _one_cv2_thread(worker_id)
+
+
 def _worker_context() -> multiprocessing.context.BaseContext:
     """Workers start from a fork server, not by forking the trainer.
 
@@ -153,7 +162,8 @@ def _worker_context() -> multiprocessing.context.BaseContext:
     """
     if "forkserver" not in multiprocessing.get_all_start_methods():
         return multiprocessing.get_context("spawn")
-    multiprocessing.set_forkserver_preload([__name__])
+    # lifeline first: at preload it ties the fork server's life to the trainer's
+    multiprocessing.set_forkserver_preload([lifeline.__name__, __name__])
     return multiprocessing.get_context("forkserver")
 
 
@@ -200,7 +210,7 @@ class TorchLoader:
                 "multiprocessing_context": _worker_context(),
                 "persistent_workers": True,
                 "prefetch_factor": self.prefetch_factor,
-                "worker_init_fn": _one_cv2_thread,
+                "worker_init_fn": functools.partial(_init_worker, trainer_pid=os.getpid()),
             }
         loader = DataLoader(
             self.dataset,  # type: ignore[arg-type]

@@ -132,13 +132,16 @@ def estimate_yaw(landmarks: np.ndarray, image_size: float) -> float:
         return math.nan
     focal = float(image_size)
     camera = np.array([[focal, 0.0, focal / 2], [0.0, focal, focal / 2], [0.0, 0.0, 1.0]])
-    ok, rvec, _ = cv2.solvePnP(
-        FACE_MODEL_3D[PNP_POINTS],
-        landmarks[PNP_POINTS],
-        camera,
-        np.zeros(4),
-        flags=cv2.SOLVEPNP_SQPNP,
-    )
+    try:
+        ok, rvec, _ = cv2.solvePnP(
+            FACE_MODEL_3D[PNP_POINTS],
+            landmarks[PNP_POINTS],
+            camera,
+            np.zeros(4),
+            flags=cv2.SOLVEPNP_SQPNP,
+        )
+    except cv2.error:  # degenerate landmarks (all on one point): no pose, like a failed fit
+        return math.nan
     if not ok:
         return math.nan
     rotation, _ = cv2.Rodrigues(rvec)

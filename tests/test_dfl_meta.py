@@ -30,6 +30,7 @@ from torchsae.dfl.meta import (
     save_meta,
     set_xseg_mask,
 )
+from torchsae.errors import TorchSAEError
 
 FIXTURES = Path(__file__).parent / "fixtures" / "dfl"
 MANIFEST = json.loads((FIXTURES / "manifest.json").read_text())
@@ -296,7 +297,7 @@ def test_failed_write_leaves_original_intact(
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(os, target, fail)
-    with pytest.raises(OSError):
+    with pytest.raises(TorchSAEError, match=r"No space left on device\); it is unchanged"):  # one line
         set_xseg_mask(path, np.zeros((16, 16), np.float32))
     monkeypatch.undo()
     assert path.read_bytes() == (FIXTURES / XSEG_FILE).read_bytes()

@@ -47,6 +47,8 @@ def test_training_resumes_from_the_imported_step(tmp_path: Path) -> None:
     assert last["step"] == ITERATION + 2
     assert sorted(p.name for p in models.glob("step_*.pth")) == ["step_00012346.pth", "step_00012347.pth"]
     assert last["config"]["model"] == start["config"]["model"]
+    # DeepFaceLab's own options ride along, so export-dfl writes them back after training
+    assert last["imported_from"] == start["imported_from"] and start["imported_from"]["options"]
     assert any(not torch.equal(last["model"][k], start["model"][k]) for k in start["model"])
 
     # the same first step from the same weights without DeepFaceLab's moments

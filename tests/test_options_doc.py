@@ -15,7 +15,8 @@ from torchsae.cli.options_doc import REPO, TABLES, main, options_tables, readme_
 from torchsae.cli.train import FLAGS, OPTION_MAP, train_cmd
 from torchsae.config import OPTION_SECTIONS, option_fields
 
-# the training options as they were declared by hand before (issue 16): names must not change
+# the training options as they were declared by hand before (issue 16; snapshot_every, autobackup_hours and
+# spike_factor from issue 14): the names must not change
 NAMES = {
     "model": "archi resolution face_type ae_dims e_dims d_dims d_mask_dims gan_patch_size gan_dims",
     "data": "data_dir_a data_dir_b pretrain_dir index_dir backend workers mask_policy random_warp "
@@ -23,7 +24,8 @@ NAMES = {
     "loss": "masked_training eyes_mouth_prio face_style_power bg_style_power true_face_power gan_power "
     "blur_out_mask",
     "optim": "optimizer lr lr_dropout clipgrad",
-    "train": "batch_size max_steps preview_interval save_interval log_interval keep amp seed run_dir "
+    "train": "batch_size max_steps preview_interval save_interval log_interval keep snapshot_every "
+    "autobackup_hours spike_factor amp seed run_dir "
     "pretrain wandb compile memory_budget grad_accum device progress",
 }
 

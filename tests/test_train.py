@@ -133,10 +133,9 @@ def test_non_finite_steps_are_skipped_and_counted(tmp_path: Path, faceset, monke
     state = ck.load_checkpoint(tmp_path / "models" / "last.pth")
     assert state["metrics"]["skipped_steps"] == 2
     assert not ck.non_finite_tensors(state["model"])
-    # a skipped step leaves the weights exactly as they were
-    s2 = ck.load_checkpoint(tmp_path / "models" / "step_00000002.pth")
-    s4 = ck.load_checkpoint(tmp_path / "models" / "step_00000004.pth")
-    assert state_digest(s2["model"]) == state_digest(s4["model"])
+    # the weights of step 2 produced the first NaN (the step at 2), so neither they nor anything
+    # during the streak (3, 4) is saved: a save is written only after the next loss confirms it
+    assert [s for s, _ in ck.retained_checkpoints(tmp_path / "models")] == [1, 5, 6]
 
 
 def test_repeated_non_finite_steps_restore_the_last_checkpoint(
@@ -155,9 +154,9 @@ def test_repeated_non_finite_steps_restore_the_last_checkpoint(
     monkeypatch.setattr(trainer, "_load_weights", spy)
     cfg = tiny_config(tmp_path, faceset, 3 + trainer.NONFINITE_LIMIT + 2, save_interval=2)
     result = train(cfg)
-    # steps 4..8 are non-finite; skipped steps leave the weights alone, so the checkpoint saved at
-    # step 6 still holds the last good weights, and it is the one restored after the fifth bad step
-    assert restored == [6]
+    # steps 3..7 are non-finite: the streak began at step 3, so nothing is saved from then on and the
+    # checkpoint restored after the fifth bad step is the newest one saved before it, step 2
+    assert restored == [2]
     assert result.skipped_steps == trainer.NONFINITE_LIMIT
     assert "restored the weights and optimiser state of" in capsys.readouterr().err
 

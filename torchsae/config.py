@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -457,6 +458,25 @@ class TrainConfig:
         "Numbered checkpoint copies to keep besides last.pth.",
         doc="retained copies `models/step_XXXXXXXX.pth` besides `last.pth`",
     )
+    snapshot_every: int = option(  # steps between snapshots kept forever (models/snapshots/); 0: none
+        0,
+        "Also keep a snapshot every N steps forever (models/snapshots/); 0: none.",
+        doc="steps between snapshots `models/snapshots/step_XXXXXXXX.pth`, kept forever (for rolling "
+        "back after a collapse noticed late); 0: none",
+    )
+    autobackup_hours: float = option(  # also a snapshot every H hours of training (DFL's autobackup); 0: off
+        0.0,
+        "Also keep a snapshot every H hours of training (DeepFaceLab's autobackup); 0: off.",
+        dfl="autobackup_hour",
+        doc="hours of training between snapshots (as DeepFaceLab's `autobackup_hour`, which keeps its "
+        "own backups); 0: off",
+    )
+    spike_factor: float = option(  # a loss above this x its running median is a bad step; 0: guard off
+        10.0,
+        "A loss above this x its running median counts as a bad step; 0: off.",
+        doc="the divergence guard: a step whose loss is above this × the median of the recent good "
+        "losses is skipped (non-finite ones always are); 0 turns the loss-spike part off",
+    )
     amp: str = option(
         "none",
         "Mixed precision: bare --amp = bf16 where supported; --amp fp16 adds a GradScaler.",
@@ -518,6 +538,12 @@ class TrainConfig:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.keep < 0:
             raise ConfigError(f"keep must be >= 0, got {self.keep}")
+        if self.snapshot_every < 0:
+            raise ConfigError(f"snapshot_every must be >= 0 (0: no snapshots), got {self.snapshot_every}")
+        if self.autobackup_hours < 0:
+            raise ConfigError(f"autobackup_hours must be >= 0 (0: off), got {self.autobackup_hours}")
+        if self.spike_factor != 0 and self.spike_factor <= 1:
+            raise ConfigError(f"spike_factor must be 0 (off) or above 1, got {self.spike_factor}")
 
 
 @dataclass
@@ -623,7 +649,38 @@ def _section_from_dict(section_cls: type, values: dict[str, Any], section: str) 
     unknown = set(values) - names
     if unknown:
         raise ConfigError(f"unknown key(s) in config section {section!r}: {', '.join(sorted(unknown))}")
+    for f in fields(section_cls):
+        if f.name in values:
+            values[f.name] = _checked_value(values[f.name], str(f.type), f"{section}.{f.name}")
     return section_cls(**values)
+
+
+def _checked_value(value: Any, annotation: str, key: str) -> Any:
+    """``value`` if it fits the field's type (an int is a float too); a ConfigError naming the key.
+
+    Floats must be finite: ``lr: inf`` or ``nan`` would train nothing and write no checkpoint.
+    """
+    kinds = [part.strip() for part in annotation.split("|")]
+    if value is None:
+        if "None" in kinds:
+            return None
+        raise ConfigError(f"{key}: a value is required (got null)")
+    if "bool" in kinds and isinstance(value, bool):
+        return value
+    if "int" in kinds and isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if "float" in kinds and isinstance(value, (int, float)) and not isinstance(value, bool):
+        if not math.isfinite(value):
+            raise ConfigError(f"{key}: must be a finite number, got {value}")
+        return float(value) if isinstance(value, int) else value
+    if "str" in kinds and isinstance(value, str):
+        return value
+    wanted = " or ".join(
+        {"int": "an integer", "float": "a number", "bool": "true/false", "str": "a string"}.get(k, k)
+        for k in kinds
+        if k != "None"
+    )
+    raise ConfigError(f"{key}: must be {wanted}, got {value!r} ({type(value).__name__})")
 
 
 # Model sizes chosen per resolution for ``--model-size``. 128 is DeepFaceLab's default model (liae-ud,

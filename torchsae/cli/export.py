@@ -11,6 +11,7 @@ from pathlib import Path
 import click
 
 from torchsae.config import DEFAULT_OPSET, EXPORT_LAYOUTS, ExportConfig
+from torchsae.errors import TorchSAEError
 from torchsae.export.errors import ExportError
 
 ONNX_SUFFIXES = (".onnx", ".dfm")
@@ -119,6 +120,7 @@ def export_cmd(
     from torchsae.export.source import load_model_for_export
     from torchsae.export.verify import load_faces
 
+    check_output_path(output)  # before the minutes of export: a path that cannot be written is one line
     layout = resolve_output(checkpoint, output, layout)
     model, config, step = load_model_for_export(checkpoint, model_size)
     layout = layout or config.export.layout
@@ -128,9 +130,14 @@ def export_cmd(
     if faces_dir is None and config.data.data_dir_a and Path(config.data.data_dir_a).is_dir():
         faces_dir = Path(config.data.data_dir_a)
     faces = load_faces(faces_dir, config.model.resolution) if faces_dir is not None else None
-    result = export_onnx(
-        model, output, config.model, layout=layout, opset=opset, dtype=dtype, step=step, faces=faces
-    )
+    try:
+        result = export_onnx(
+            model, output, config.model, layout=layout, opset=opset, dtype=dtype, step=step, faces=faces
+        )
+    except OSError as exc:
+        raise TorchSAEError(
+            f"{exc.filename or output}: cannot write the export ({exc.strerror or exc})"
+        ) from exc
     click.echo(
         f"wrote {result.path} ({result.size_bytes / 2**20:.1f} MiB): {config.model.archi} "
         f"{config.model.resolution}px, layout {layout}, {dtype}, opset {opset} ({result.exporter} exporter), step {step}"
@@ -143,6 +150,17 @@ def export_cmd(
     click.echo(result.report.summary())
     if faces is None:
         click.echo("note: no faces found to verify on (pass --verify-faces DIR); checked random inputs only")
+
+
+def check_output_path(output: Path) -> None:
+    """A one-line error when ``output`` is a folder or lies under a file."""
+    if output.is_dir():
+        raise TorchSAEError(f"{output}: is a folder; give the file name to write")
+    for parent in output.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise TorchSAEError(f"{output}: {parent} is a file, not a folder")
+            break
 
 
 @click.command("build-engine")

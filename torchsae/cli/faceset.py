@@ -205,6 +205,10 @@ def read_mask_file(path: Path) -> np.ndarray:
 def xseg_set(file: Path, mask: Path) -> None:
     """Store MASK (.png or .npy, values in [0, 1]) as FILE's XSeg mask, as DeepFaceLab writes it."""
     values = read_mask_file(mask)
+    if values.shape[0] != values.shape[1]:
+        raise TorchSAEError(
+            f"{mask}: mask of {values.shape[1]}x{values.shape[0]} pixels; XSeg masks are square like the face"
+        )
     set_xseg_mask(file, values)
     click.echo(f"{file}: XSeg mask {values.shape[0]}x{values.shape[1]} stored")
 

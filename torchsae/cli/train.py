@@ -34,7 +34,7 @@ def train_options(func):
     func = click.option(
         "--resume",
         type=click.Path(dir_okay=False),
-        help="Resume from this checkpoint.",
+        help="Resume from this checkpoint, e.g. a copy or models/snapshots/step_00010000.pth.",
         show_default="RUN_DIR/models/last.pth if present",
         cls=ConfigOption,
     )(func)

@@ -9,6 +9,9 @@ is replaced atomically (DeepFaceLab's own writer truncates the face to 0 bytes w
 from __future__ import annotations
 
 import copy
+import glob
+import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,7 +22,8 @@ import numpy as np
 from torchsae.dfl.errors import DFLFormatError
 from torchsae.dfl.jpeg import APP15, SOF_MARKERS, SOS, frame_shape, list_segments, replace_app15
 from torchsae.dfl.unpickle import compat_dumps, restricted_loads
-from torchsae.fileio import atomic_write_bytes
+from torchsae.errors import TorchSAEError
+from torchsae.fileio import atomic_open
 
 DEFAULT_FACE_TYPE = "full_face"  # what DeepFaceLab assumes when a file has no face_type key
 XSEG_MAX_BYTES = 50_000  # DeepFaceLab falls back from PNG to JPEG above this
@@ -221,7 +225,58 @@ def save_meta(path: str | Path, meta: DFLMeta) -> None:
     reads a JPEG without APP15 as an empty dict, so this is the same to it, and the file shrinks back).
     """
     path = Path(path)
-    atomic_write_bytes(path, meta_into_bytes(_read(path), meta, str(path)))
+    target = _write_target(path)
+    data = meta_into_bytes(_read(target), meta, str(path))
+    remove_stale_temp_files(target)
+    try:
+        info = target.stat()
+        with atomic_open(target, "wb") as handle:
+            _keep_owner(handle.fileno(), info)
+            handle.write(data)
+    except OSError as exc:
+        reason = exc.strerror or str(exc)
+        raise TorchSAEError(f"{path}: cannot write the face file ({reason}); it is unchanged") from exc
+
+
+def _write_target(path: Path) -> Path:
+    """The file to replace: a symlink is written through (its target is updated, the link stays)."""
+    if path.is_symlink():
+        target = Path(os.path.realpath(path))
+        if not target.is_file():
+            raise DFLFormatError(f"{path}: a symbolic link to {target}, which is not a file; not written")
+        return target
+    return path
+
+
+def _keep_owner(fd: int, info: os.stat_result) -> None:
+    """Give the replacement the original's owner and group (where this user may; mode is kept by
+    ``atomic_open``)."""
+    if hasattr(os, "fchown"):
+        try:
+            os.fchown(fd, info.st_uid, info.st_gid)
+        except OSError:
+            pass  # not permitted (not root, another owner): the file is ours now, as any rewrite makes it
+
+
+_TEMP_RE = re.compile(r"^\.(?P<name>.+)\.[a-z0-9_]{8}\.tmp$")
+
+
+def remove_stale_temp_files(path: Path) -> list[Path]:
+    """Remove ``path``'s temp files that a killed write left (``.<name>.XXXXXXXX.tmp`` beside it)."""
+    removed = []
+    try:
+        entries = list(path.parent.glob(f".{glob.escape(path.name)}.*.tmp"))
+    except OSError:
+        return removed
+    for entry in entries:
+        match = _TEMP_RE.match(entry.name)
+        if match and match.group("name") == path.name and entry.is_file() and not entry.is_symlink():
+            try:
+                entry.unlink()
+                removed.append(entry)
+            except OSError:
+                pass
+    return removed
 
 
 def meta_into_bytes(data: bytes, meta: DFLMeta, source: str) -> bytes:
@@ -249,6 +304,8 @@ def encode_xseg_mask(mask: np.ndarray) -> np.ndarray:
         arr = arr[..., None]
     if arr.ndim != 3 or arr.shape[0] == 0 or arr.shape[1] == 0 or arr.shape[2] == 0:
         raise DFLFormatError(f"xseg mask of shape {arr.shape}: expected (H, W) or (H, W, C)")
+    if not np.isfinite(arr[..., :1]).all():
+        raise DFLFormatError("xseg mask holds NaN or infinite values: values must be in [0, 1]")
     img = np.clip(arr[..., :1] * 255, 0, 255).astype(np.uint8)
     ok, buf = cv2.imencode(".png", img)
     if ok and buf.size <= XSEG_MAX_BYTES:
@@ -263,6 +320,8 @@ def encode_xseg_mask(mask: np.ndarray) -> np.ndarray:
 def decode_xseg_mask(buf: np.ndarray | bytes, source: str = "xseg_mask") -> np.ndarray:
     """Decode a stored mask like DeepFaceLab's ``get_xseg_mask``: float32 (H, W, 1) / 255, no resize."""
     raw = np.frombuffer(buf, dtype=np.uint8) if isinstance(buf, bytes | bytearray) else np.asarray(buf)
+    if raw.size == 0:
+        raise DFLFormatError(f"{source}: stored xseg_mask is empty")
     img = cv2.imdecode(raw.reshape(-1).astype(np.uint8, copy=False), cv2.IMREAD_UNCHANGED)
     if img is None:
         raise DFLFormatError(f"{source}: stored xseg_mask is not a decodable PNG or JPEG")

@@ -11,8 +11,13 @@ Why this shape:
 * A checkpoint with non-finite weights is refused at save time: resuming from it could never recover.
 
 Layout inside the run folder: ``models/last.pth`` (always the newest) plus retained copies
-``models/step_XXXXXXXX.pth`` (the ``keep`` newest; hard links of ``last.pth`` where the file system
-allows, so retention costs no extra write).
+``models/step_XXXXXXXX.pth`` (the ``keep`` most recently written; hard links of ``last.pth`` where the
+file system allows, so retention costs no extra write) and snapshots kept forever,
+``models/snapshots/step_XXXXXXXX.pth`` (``--snapshot-every``, ``--autobackup-hours``).
+
+Pruning goes by the time a copy was written, not by its step number: after resuming from an older copy
+the copies of the abandoned timeline carry higher step numbers, and sorting by step would delete the
+new timeline's copies, the file resumed from first. The file resumed from is never pruned.
 """
 
 from __future__ import annotations
@@ -35,6 +40,7 @@ from torchsae.fileio import atomic_open, replace
 FORMAT = "torchsae-checkpoint"
 VERSION = 1
 LAST_NAME = "last.pth"
+SNAPSHOT_DIR = "snapshots"
 REQUIRED_KEYS = ("format", "version", "step", "config", "model")
 _STEP_RE = re.compile(r"^step_(\d{8,})\.pth$")
 
@@ -88,8 +94,20 @@ def load_checkpoint(path: str | Path, *, mmap: bool = False) -> dict[str, Any]:
     the step (resolving a run's config before training loads the weights for real).
     """
     path = Path(path)
+    if path.is_dir():
+        raise CheckpointError(f"{path}: is a folder, not a checkpoint file; move it away to resume")
     if not path.is_file():
         raise CheckpointError(f"{path}: checkpoint not found")
+    try:
+        with open(path, "rb") as handle:
+            magic = handle.read(4)
+    except OSError as exc:
+        raise CheckpointError(f"{path}: cannot read the checkpoint ({exc.strerror or exc})") from exc
+    if magic != b"PK\x03\x04":  # torch.save writes a zip archive; anything else would fail obscurely
+        what = "an empty file" if not magic else "not a zip archive"
+        raise CheckpointError(
+            f"{path}: not a loadable TorchSAE checkpoint ({what}: another file, or a write cut short)"
+        )
     try:
         state = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, OSError) as exc:
@@ -120,21 +138,100 @@ def retained_checkpoints(models_dir: str | Path) -> list[tuple[int, Path]]:
     return sorted(found)
 
 
-def save_training_checkpoint(models_dir: str | Path, state: dict[str, Any], keep: int) -> Path:
+def snapshots(models_dir: str | Path) -> list[tuple[int, Path]]:
+    """``(step, path)`` of the snapshots in ``models_dir/snapshots``, oldest first."""
+    return retained_checkpoints(Path(models_dir) / SNAPSHOT_DIR)
+
+
+def list_checkpoints(models_dir: str | Path) -> list[tuple[str, int, Path]]:
+    """Every checkpoint of a run as ``(kind, step, path)``, kind ``last``, ``copy`` or ``snapshot``.
+
+    Sorted by step (``last`` after the copies of its step). The step of ``last.pth`` is read from the
+    file (memory-mapped); an unreadable ``last.pth`` is listed with step -1.
+    """
+    models_dir = Path(models_dir)
+    found: list[tuple[str, int, Path]] = [("copy", s, p) for s, p in retained_checkpoints(models_dir)]
+    found += [("snapshot", s, p) for s, p in snapshots(models_dir)]
+    last = models_dir / LAST_NAME
+    if last.is_file():
+        try:
+            last_step = int(load_checkpoint(last, mmap=True)["step"])
+        except (CheckpointError, TypeError, ValueError):
+            last_step = -1
+        found.append(("last", last_step, last))
+    order = {"snapshot": 0, "copy": 1, "last": 2}
+    return sorted(found, key=lambda item: (item[1], order[item[0]]))
+
+
+def _os_reason(exc: OSError) -> str:
+    return exc.strerror or str(exc) or type(exc).__name__
+
+
+def save_training_checkpoint(
+    models_dir: str | Path,
+    state: dict[str, Any],
+    keep: int,
+    *,
+    snapshot: bool = False,
+    protect: Path | None = None,
+) -> Path:
     """Write ``models_dir/last.pth``, retain a numbered copy and prune to the ``keep`` newest copies.
 
-    ``keep == 0`` keeps only ``last.pth``. Returns the path of ``last.pth``.
+    ``keep == 0`` keeps only ``last.pth``. ``snapshot`` also links it into ``snapshots/`` (never
+    pruned). Copies are pruned by the time they were written (see the module docstring), and
+    ``protect`` (the file the run resumed from) never is. Returns the path of ``last.pth``. Any
+    ``OSError`` (disk full, read-only folder) becomes a one-line CheckpointError naming the file; a
+    failure while writing ``last.pth`` leaves the previous one intact.
     """
     models_dir = Path(models_dir)
     last = models_dir / LAST_NAME
-    save_checkpoint(last, state)
+    step = int(state["step"])
+    try:
+        save_checkpoint(last, state)
+    except OSError as exc:
+        raise CheckpointError(f"{last}: {_os_reason(exc)}; the previous checkpoint is kept") from exc
+    targets = []
     if keep > 0:
-        _retain_copy(last, models_dir / step_name(int(state["step"])))
-    copies = retained_checkpoints(models_dir)
-    for _, old in copies[: max(0, len(copies) - keep)]:
+        targets.append(models_dir / step_name(step))
+    if snapshot:
+        targets.append(models_dir / SNAPSHOT_DIR / step_name(step))
+    for target in targets:
+        try:
+            target.parent.mkdir(exist_ok=True)
+            _retain_copy(last, target)
+        except OSError as exc:
+            raise CheckpointError(f"{target}: {_os_reason(exc)}; {last} holds step {step}") from exc
+    prune_copies(models_dir, keep, protect=protect)
+    return last
+
+
+def prune_copies(models_dir: str | Path, keep: int, *, protect: Path | None = None) -> list[Path]:
+    """Delete all but the ``keep`` most recently written numbered copies (never ``protect``)."""
+    protected = _same_file_key(protect)
+    candidates = []
+    for step, path in retained_checkpoints(models_dir):
+        with contextlib.suppress(FileNotFoundError):
+            info = path.stat()
+            if protected is not None and (info.st_dev, info.st_ino) == protected:
+                continue
+            candidates.append((info.st_mtime_ns, step, path))
+    candidates.sort()
+    removed = []
+    for _, _, old in candidates[: max(0, len(candidates) - keep)]:
         with contextlib.suppress(FileNotFoundError):
             old.unlink()
-    return last
+            removed.append(old)
+    return removed
+
+
+def _same_file_key(path: Path | None) -> tuple[int, int] | None:
+    if path is None:
+        return None
+    try:
+        info = Path(path).stat()
+    except OSError:
+        return None
+    return info.st_dev, info.st_ino
 
 
 def _retain_copy(source: Path, target: Path) -> None:
@@ -155,8 +252,55 @@ def _retain_copy(source: Path, target: Path) -> None:
 
 def find_last_checkpoint(run_dir: str | Path) -> Path | None:
     """``run_dir/models/last.pth`` if it exists: what an automatic restart resumes from."""
-    last = Path(run_dir) / "models" / LAST_NAME
+    run_dir = Path(run_dir)
+    if run_dir.exists() and not run_dir.is_dir():
+        raise CheckpointError(f"{run_dir}: --run-dir is a file, not a folder")
+    last = run_dir / "models" / LAST_NAME
+    if last.is_dir():
+        raise CheckpointError(f"{last}: is a folder, not a checkpoint file; move it away to resume")
     return last if last.is_file() else None
+
+
+def is_numbered_copy(path: str | Path) -> bool:
+    """Whether ``path`` is a retained copy or a snapshot (``step_XXXXXXXX.pth``)."""
+    return bool(_STEP_RE.match(Path(path).name))
+
+
+def older_resume_note(models_dir: str | Path, resume: str | Path, step: int) -> str | None:
+    """A line saying that ``resume`` (at ``step``) is older than ``last.pth``, or None."""
+    last = Path(models_dir) / LAST_NAME
+    resume = Path(resume)
+    if not last.is_file() or (resume.exists() and resume.samefile(last)):
+        return None
+    try:
+        last_step = int(load_checkpoint(last, mmap=True)["step"])
+    except (CheckpointError, TypeError, ValueError):
+        return None
+    if last_step <= step:
+        return None
+    return (
+        f"Note: {resume} (step {step}) is older than {last} (step {last_step}); this run's saves "
+        f"replace last.pth, copies are pruned oldest-written first, {resume.name} and the snapshots "
+        "are kept"
+    )
+
+
+def intact_copies_hint(models_dir: str | Path) -> str:
+    """``'; intact copies: step_X.pth, ...'`` (the loadable copies and snapshots, newest first) or ''."""
+    intact = []
+    for kind, _, path in reversed(list_checkpoints(models_dir)):
+        if kind == "last":
+            continue
+        try:
+            load_checkpoint(path, mmap=True)
+        except CheckpointError:
+            continue
+        intact.append(str(path))
+        if len(intact) == 3:
+            break
+    if not intact:
+        return "; no intact step_*.pth copy exists"
+    return f"; intact copies: {', '.join(intact)} (resume one with --resume {intact[0]})"
 
 
 # --------------------------------------------------------------------------------------------------
@@ -190,9 +334,14 @@ def restore_rng_state(state: Mapping[str, Any]) -> None:
 
 
 def remove_stale_temp_files(models_dir: str | Path) -> list[Path]:
-    """Delete temporary files a killed save left behind (``.last.pth.*.tmp`` and link temps)."""
+    """Delete temporary files a killed save left behind (``.last.pth.*.tmp`` and link temps).
+
+    Only call this while holding the run folder's lock (``torchsae.train.runlock``): another live run's
+    temporary files look the same.
+    """
     removed = []
-    for entry in Path(models_dir).glob(".*.tmp"):
+    folders = [Path(models_dir), Path(models_dir) / SNAPSHOT_DIR]
+    for entry in (e for folder in folders if folder.is_dir() for e in folder.glob(".*.tmp")):
         if entry.name.startswith((f".{LAST_NAME}.", ".step_")):
             with contextlib.suppress(FileNotFoundError):
                 entry.unlink()

@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 from torchsae.config import Config
+from torchsae.errors import TorchSAEError
 from torchsae.train.dist import DistInfo
 
 
@@ -50,11 +51,24 @@ def make_preview_samples(cfg: Config, count: int, device: torch.device) -> dict[
             index_root=cfg.data.index_dir,
         )
         rows = np.unique(np.linspace(0, len(index) - 1, num=count).round().astype(np.int64))
-        paths = index.paths
-        images = np.stack(
-            [decode_sample(open(paths[i], "rb").read(), resolution, index.recrop[i]) for i in rows]
-        )
+        decoded = [_decode_or_next(index, int(i), resolution, decode_sample) for i in rows]
+        rows = np.array([row for row, _ in decoded], np.int64)
+        images = np.stack([image for _, image in decoded])
         masks = index.gather_masks(rows)[:, :1]
         out[f"target_{side}"] = torch.from_numpy(images).permute(0, 3, 1, 2).float().div(255.0).to(device)
         out[f"mask_{side}"] = torch.from_numpy(masks).float().div(255.0).to(device)
     return out
+
+
+def _decode_or_next(index: Any, row: int, resolution: int, decode_sample: Any) -> tuple[int, np.ndarray]:
+    """``(row, image)`` of the first file from ``row`` on that still decodes (as the loaders replace a
+    file gone bad since indexing); a one-line error naming the file when none does."""
+    paths = index.paths
+    for attempt in range(len(paths)):
+        candidate = (row + attempt) % len(paths)
+        try:
+            with open(paths[candidate], "rb") as handle:
+                return candidate, decode_sample(handle.read(), resolution, index.recrop[candidate])
+        except (OSError, ValueError):
+            continue
+    raise TorchSAEError(f"{paths[row]}: no file of this faceset decodes any more; run torchsae index again")

@@ -14,7 +14,13 @@ from typing import Any
 
 from torchsae.config import Config, load_config, preset
 from torchsae.errors import ConfigError
-from torchsae.train.checkpoint import find_last_checkpoint, load_checkpoint
+from torchsae.train.checkpoint import (
+    SNAPSHOT_DIR,
+    CheckpointError,
+    find_last_checkpoint,
+    intact_copies_hint,
+    load_checkpoint,
+)
 
 Overrides = dict[str, dict[str, Any]]
 
@@ -71,10 +77,14 @@ def resolve_run_config(
     """
     file_layer = _raw_file_overrides(Path(config_file)) if config_file is not None else {}
     explicit = merge_overrides(file_layer, flags)
+    automatic = resume is None
     if resume is not None:
         resume = Path(resume)
-        if "run_dir" not in explicit.get("train", {}) and resume.parent.name == "models":
-            explicit = merge_overrides(explicit, {"train": {"run_dir": str(resume.parent.parent)}})
+        models = resume.parent
+        if models.name == SNAPSHOT_DIR and models.parent.name == "models":
+            models = models.parent  # models/snapshots/step_*.pth belongs to the same run folder
+        if "run_dir" not in explicit.get("train", {}) and models.name == "models":
+            explicit = merge_overrides(explicit, {"train": {"run_dir": str(models.parent)}})
     else:
         run_dir = explicit.get("train", {}).get("run_dir", Config().train.run_dir)
         resume = find_last_checkpoint(run_dir)
@@ -86,7 +96,14 @@ def resolve_run_config(
         config = base.updated(explicit)
         return config.validate(), None
 
-    stored = load_checkpoint(resume, mmap=True)["config"]  # the weights are read by train()
+    try:
+        stored = load_checkpoint(resume, mmap=True)["config"]  # the weights are read by train()
+    except CheckpointError as exc:
+        if not automatic:
+            raise
+        raise CheckpointError(f"{exc}{intact_copies_hint(resume.parent)}") from exc
+    if not isinstance(stored, dict) or not isinstance(stored.get("model"), dict):
+        raise ConfigError(f"{resume}: the stored config is not a mapping of sections")
     try:
         base = Config.from_dict(stored)
     except ConfigError as exc:

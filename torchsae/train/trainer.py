@@ -4,10 +4,16 @@ One iteration (spec §3): the G step on the autoencoder (the loss is summed over
 DDP averages over ranks, as DeepFaceLab averages per-GPU gradients), then the code-discriminator step
 (true_face_power) and the GAN-discriminator step (gan_power), each on a fresh forward pass.
 
-Numerical safety: a step whose loss or gradient norm is not finite is skipped on every rank and
-counted; after ``NONFINITE_LIMIT`` consecutive ones the weights and optimiser states of the last good
-checkpoint are restored. The only per-step host synchronisation is that one-element finite check (the
-same one a GradScaler does); losses are summed on the device and read at log intervals.
+Numerical safety (``torchsae.train.guard``): a step whose loss or gradient norm is not finite, or
+whose loss spikes far above its running level, is skipped on every rank and counted; after
+``NONFINITE_LIMIT`` consecutive ones the weights and optimiser states of the newest checkpoint written
+before the streak began are restored. Scheduled saves are written one good step late, so a checkpoint
+always holds weights that produced an ordinary loss, and nothing is saved during a bad streak. The only
+per-step host synchronisation is that small check (the same one a GradScaler does); the loss terms are
+summed on the device and read at log intervals.
+
+Failures: one run per folder (``torchsae.train.runlock``); any exception in the loop of a single-process
+run saves the last whole, finite step first and then ends with one line (``TrainingFailed``).
 
 Exact resume: model, optimisers (with their lr-dropout generators), scaler, python/numpy/torch RNGs
 and each rank's data-stream state go into the checkpoint; the RNGs are restored last, just before the
@@ -17,10 +23,12 @@ loop, so that N steps equal N/2 + resume + N/2 bit for bit on the CPU.
 from __future__ import annotations
 
 import contextlib
+import copy
 import hashlib
 import json
 import os
 import random
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -43,22 +51,30 @@ from torchsae.train.adversarial import (
     drop_reshaped_gan,
 )
 from torchsae.train.data import make_preview_samples, rank_train_stream
-from torchsae.train.dist import DistInfo, any_true, gather_to_main, init_distributed, shutdown
+from torchsae.train.datahealth import DataHealth
+from torchsae.train.dist import DistInfo, gather_to_main, init_distributed, shutdown
+from torchsae.train.guard import DivergenceGuard, Failsafe, Lineage, PendingSave, sync_step_flags
 from torchsae.train.logging import TrainLogger, memory_mb
 from torchsae.train.memory import apply_recompute, plan_for_run
 from torchsae.train.precision import resolve_amp
 from torchsae.train.pretrain import effective_config, leave_pretrain, leaving_pretrain
 from torchsae.train.report import RunReport, stream_restart_note
+from torchsae.train.runlock import hold_run_folder
 from torchsae.train.signals import StopRequest
 from torchsae.train.speed import enable_tf32, maybe_compile, use_channels_last
 
 NONFINITE_LIMIT = 5  # consecutive non-finite steps before the last good checkpoint is restored
-MAX_RESTORES = 3  # restores in a row without a finite step in between before giving up
+MAX_RESTORES = 3  # restores without a checkpoint written in between before giving up
+MOSTLY_SKIPPED = 0.5  # a run that skipped more than this share of its steps ends with an error
 PREVIEW_ROWS = 4
 
 
 class DivergedError(TorchSAEError):
     """Training keeps producing non-finite values and no checkpoint can bring it back."""
+
+
+class TrainingFailed(TorchSAEError):
+    """An exception ended the loop; the message says what and which checkpoint holds the work."""
 
 
 @dataclass
@@ -73,9 +89,15 @@ def train(config: Config, resume: Path | None = None) -> TrainResult:
     """Train as configured (one process, or one rank of a torchrun job) and return where it ended."""
     info = init_distributed(config.train.device)
     try:
-        # handlers first: a stop requested during set-up still ends with a saved, whole step
-        with StopRequest(announce=info.is_main) as stop:
-            return _train(config, resume, info, stop)
+        # one run per folder, taken before anything in it is written or cleaned up
+        with hold_run_folder(info, config.train.run_dir):
+            # handlers first: a stop requested during set-up still ends with a saved, whole step
+            with StopRequest(announce=info.is_main) as stop:
+                failsafe = Failsafe()
+                try:
+                    return _train(config, resume, info, stop, failsafe)
+                except Exception as exc:
+                    raise failsafe.failed(exc) from exc
     finally:
         shutdown(info)
 
@@ -117,7 +139,9 @@ def state_digest(state_dict: dict[str, torch.Tensor]) -> str:
     return digest.hexdigest()
 
 
-def _train(cfg: Config, resume: Path | None, info: DistInfo, stop: StopRequest) -> TrainResult:
+def _train(
+    cfg: Config, resume: Path | None, info: DistInfo, stop: StopRequest, failsafe: Failsafe
+) -> TrainResult:
     device = info.device
     run_dir = Path(cfg.train.run_dir)
     models_dir, logs_dir = run_dir / "models", run_dir / "logs"
@@ -157,6 +181,7 @@ def _train(cfg: Config, resume: Path | None, info: DistInfo, stop: StopRequest) 
     # ---- resume ----
     step, metrics = 0, {"skipped_steps": 0, "history": {"loss_a": [], "loss_b": []}}
     rng_state = None
+    imported_from = None  # a DeepFaceLab import's origin and options, kept for export-dfl
     if resume is not None:
         state, reshaped = drop_reshaped_gan(ckpt.load_checkpoint(resume), cfg)
         if reshaped:
@@ -168,6 +193,7 @@ def _train(cfg: Config, resume: Path | None, info: DistInfo, stop: StopRequest) 
             state = {**state, "step": 0, "metrics": None, "rng": None, "data": None}
         step = int(state["step"])
         metrics = state.get("metrics") or metrics
+        imported_from = state.get("imported_from")
         rng_state = (state.get("rng") or {}).get(info.rank)
         data_state = (state.get("data") or {}).get(info.rank)
         if data_state is not None:
@@ -175,6 +201,10 @@ def _train(cfg: Config, resume: Path | None, info: DistInfo, stop: StopRequest) 
         if (rng_state is None or data_state is None) and not left_pretrain:
             say(stream_restart_note(resume, state, info.rank))
         say(f"Resuming from {resume} at step {step}")
+        if info.is_main and not left_pretrain:
+            note = ckpt.older_resume_note(models_dir, resume, step)
+            if note:
+                say(note)
     if info.is_main:
         models_dir.mkdir(parents=True, exist_ok=True)
         ckpt.remove_stale_temp_files(models_dir)
@@ -191,6 +221,10 @@ def _train(cfg: Config, resume: Path | None, info: DistInfo, stop: StopRequest) 
         step=step,
         resume=resume,
     )
+
+    health = DataHealth(data, 2 * cfg.train.batch_size)
+    for line in health.start_lines():
+        say(line)
 
     ddp_model = (
         DDP(model, device_ids=[device.index] if device.type == "cuda" else None)
@@ -223,31 +257,67 @@ def _train(cfg: Config, resume: Path | None, info: DistInfo, stop: StopRequest) 
     sums: dict[str, torch.Tensor] = {}
     sums_count = 0
     grad_norm = torch.zeros((), device=device)
-    consecutive_bad, restores = 0, 0
+    restores = 0
     last_path: Path | None = resume
     saved_step = step if resume is not None else -1
+    start_step, skipped_at_start = step, int(metrics["skipped_steps"])
+    guard = DivergenceGuard(cfg.train.spike_factor, NONFINITE_LIMIT, metrics.get("loss_level"))
+    lineage = _lineage_at_resume(models_dir, resume, step)
+    protect = resume if resume is not None and ckpt.is_numbered_copy(resume) else None
+    pending: PendingSave | None = None
+    last_backup = time.monotonic()
+    written = 0
 
-    def save_now() -> None:
-        nonlocal last_path, saved_step
-        gathered = gather_to_main(info, {"rng": ckpt.capture_rng_state(), "data": data.state_dict()})
-        saved_step = step
-        if not info.is_main:
-            return
+    def gather_state() -> dict[int, Any] | None:  # a collective: every rank calls it
+        return gather_to_main(info, {"rng": ckpt.capture_rng_state(), "data": data.state_dict()})
+
+    def write(at_step: int, gathered: dict[int, Any] | None, at_metrics: dict, snapshot: bool) -> bool:
+        """Write the current weights as the state of ``at_step`` (rank 0; the others only agree)."""
+        nonlocal last_path, saved_step, written
+        saved_step = at_step
+        paths = _checkpoint_paths(models_dir, at_step, cfg.train.keep, snapshot)
+        if not info.is_main:  # rank 0 writes; the others record what it writes (a shared folder)
+            for path in paths:
+                lineage.record(path, at_step)
+            return True
         state = {
-            "step": step,
+            "step": at_step,
             "config": cfg.to_dict(),
             "model": model.state_dict(),
             "optimizers": {name: opt.state_dict() for name, opt in optimizers.items()},
             "discriminators": {name: d.state_dict() for name, d in discs.items()},
             "scaler": scaler.state_dict(),
-            "rng": {rank: g["rng"] for rank, g in gathered.items()},
-            "data": {rank: g["data"] for rank, g in gathered.items()},
-            "metrics": metrics,
+            "rng": {rank: g["rng"] for rank, g in (gathered or {}).items()},
+            "data": {rank: g["data"] for rank, g in (gathered or {}).items()},
+            "metrics": at_metrics,
         }
+        if imported_from is not None:
+            state["imported_from"] = imported_from
         try:
-            last_path = ckpt.save_training_checkpoint(models_dir, state, cfg.train.keep)
+            last_path = ckpt.save_training_checkpoint(
+                models_dir, state, cfg.train.keep, snapshot=snapshot, protect=protect
+            )
         except ckpt.CheckpointError as exc:
             logger.message(f"Checkpoint not written: {exc}")
+            return False
+        written += 1
+        for path in paths:
+            lineage.record(path, at_step)
+        if snapshot:
+            logger.message(f"Snapshot kept: {models_dir / ckpt.SNAPSHOT_DIR / ckpt.step_name(at_step)}")
+        return True
+
+    def save_now(snapshot: bool = False) -> bool:
+        nonlocal pending
+        pending = None
+        if guard.in_streak:  # the weights are the ones that produced the bad steps: keep the old files
+            logger.message(
+                f"Not saved at step {step}: the last {guard.streak} steps were bad; "
+                f"{last_path or 'no checkpoint'} is the newest good checkpoint"
+            )
+            return False
+        metrics["loss_level"] = guard.level_state()
+        return write(step, gather_state(), metrics, snapshot)
 
     def write_preview() -> None:
         image = pv.compose_grid(pv.preview_columns(model, preview_set))
@@ -259,6 +329,23 @@ def _train(cfg: Config, resume: Path | None, info: DistInfo, stop: StopRequest) 
         ckpt.restore_rng_state(rng_state)  # last, so set-up above cannot shift the random streams
     stopped = False
     drawn: list[list[int]] | None = [] if os.environ.get("TORCHSAE_TEST_PROBE_DIR") else None
+    # this rank's RNG/data state after the last whole step (for a save on failure: one process only)
+    whole = _capture_local(data) if not info.distributed else None
+    updating = False  # between the optimiser update and the step count: the state is not whole
+
+    def save_on_failure() -> str:
+        """What an exception in the loop leaves behind (one process only: under torchrun another
+        rank's failure surfaces here as a collective's error, and --max-restarts resumes last.pth)."""
+        if info.distributed or not info.is_main:
+            return f"{last_path or 'no checkpoint'} holds the last save (step {saved_step})"
+        if updating or guard.in_streak or step == saved_step:
+            return f"{last_path or 'no checkpoint'} holds the last good save (step {saved_step})"
+        gathered = {info.rank: whole}
+        if write(step, gathered, copy.deepcopy(metrics), False):
+            return f"saved {last_path} (step {step})"
+        return f"{last_path or 'no checkpoint'} holds the last save (step {saved_step})"
+
+    failsafe.arm(save_on_failure, data.close)
     while step < cfg.train.max_steps:
         _test_fail_hook(step, info.rank)
         lr = lr_at(step, cfg.optim.lr, lr_dropout)
@@ -286,14 +373,25 @@ def _train(cfg: Config, resume: Path | None, info: DistInfo, stop: StopRequest) 
             scaler.unscale_(opt_g)
         grad_norm = clip_grad_norm(g_params) if cfg.optim.clipgrad else _grad_norm(g_params, device)
         bad = ~torch.isfinite(loss_total) if use_scaler else ~torch.isfinite(loss_total + grad_norm)
-        flags = any_true(info, torch.stack([bad, torch.tensor(stop.requested, device=device)]))
-        bad_step, stop_now = (bool(v) for v in flags.tolist())  # the one host sync of the step
+        backup_due = (
+            cfg.train.autobackup_hours > 0
+            and info.is_main
+            and (time.monotonic() - last_backup >= cfg.train.autobackup_hours * 3600)
+        )
+        per_sample = loss_total / (data_cfg.train.batch_size * accum)  # comparable across batch sizes
+        flags = sync_step_flags(info, bad, stop.requested, backup_due, per_sample)  # the one host sync
+        stop_now = flags.stop
+        bad_step = guard.judge(step, flags) != "ok"
         if bad_step:
             metrics["skipped_steps"] += 1
-            consecutive_bad += 1
         else:
+            if pending is not None:  # these weights just produced an ordinary loss: write them
+                write(pending.step, pending.gathered, pending.metrics, pending.snapshot)
+                pending = None
+            if guard.recovered:
+                restores = 0
+            updating = True
             scaler.step(opt_g)  # with fp16 the scaler itself skips steps with inf gradients
-            consecutive_bad, restores = 0, 0
         if use_scaler:
             scaler.update()
         for opt in optimizers.values():
@@ -304,45 +402,141 @@ def _train(cfg: Config, resume: Path | None, info: DistInfo, stop: StopRequest) 
             terms.update(discriminator_steps(cfg, loss_fn, ddp_model, ddp_discs, optimizers, batch, autocast))
 
         step += 1
+        whole = _capture_local(data) if not info.distributed else None
+        updating = False
         if not bad_step:
             for name, value in terms.items():
                 sums[name] = sums.get(name, 0.0) + value.float()
             sums_count += 1
         logger.step()
 
-        if consecutive_bad >= NONFINITE_LIMIT:
+        if guard.exhausted:
             restores += 1
-            if last_path is None or restores > MAX_RESTORES:
+            restored = _restore_before_streak(guard, lineage, restores, model, discs, optimizers, scaler)
+            if restored is None:
                 raise DivergedError(
-                    f"{models_dir}: {consecutive_bad} non-finite steps in a row at step {step} and no "
-                    "checkpoint restores training; lower --lr, turn on --clipgrad, or check the data"
+                    f"{models_dir}: {guard.streak} non-finite steps in a row (or loss spikes) at step {step}"
+                    + (
+                        f" after {MAX_RESTORES} restores; {last_path} is the newest good checkpoint"
+                        if restores > MAX_RESTORES
+                        else " and no checkpoint saved before them restores training"
+                    )
+                    + "; lower --lr, turn on --clipgrad, or check the data"
                 )
-            _load_weights(ckpt.load_checkpoint(last_path), model, discs, optimizers, scaler, last_path)
             logger.message(
-                f"{consecutive_bad} non-finite steps in a row at step {step}: restored the weights and "
-                f"optimiser state of {last_path}; training goes on with new batches"
+                f"{guard.streak} bad steps in a row at step {step} (non-finite or a loss spike): "
+                f"restored the weights and optimiser state of {restored[1]} (step {restored[0]}, "
+                "saved before the streak began); training goes on with new batches"
             )
-            consecutive_bad = 0
+            guard.reset_streak()
+            pending = None
         if step % cfg.train.log_interval == 0 or step == cfg.train.max_steps:
-            _log(logger, info, step, sums, sums_count, lr, grad_norm, metrics, device)
+            _log(logger, info, step, sums, sums_count, lr, grad_norm, metrics, device, health.scalars())
+            warning = health.warning(step - start_step)
+            if warning:
+                logger.message(warning)
             sums, sums_count = {}, 0
         if info.is_main and (step % cfg.train.preview_interval == 0 or step == cfg.train.max_steps):
             write_preview()
-        if step % cfg.train.save_interval == 0 or step == cfg.train.max_steps or stop_now:
-            save_now()
+        snapshot = flags.backup_due or (cfg.train.snapshot_every > 0 and step % cfg.train.snapshot_every == 0)
+        if snapshot:
+            last_backup = time.monotonic()
+        if step == cfg.train.max_steps or stop_now:
+            final_saved = save_now(snapshot)  # no next step to confirm these weights: written now
+        elif step % cfg.train.save_interval == 0 or snapshot:
+            if not guard.may_save:  # no save, retention or pruning during a bad streak
+                pending = None
+            else:  # written at the next good step, after its loss confirmed these weights
+                metrics["loss_level"] = guard.level_state()
+                pending = PendingSave(step, gather_state(), copy.deepcopy(metrics), snapshot)
         if stop_now:
             stopped = True
             logger.message(
-                f"Stopped by {stop.signal_name or 'a signal on another rank'} at step {step}; saved"
+                f"Stopped by {stop.signal_name or 'a signal on another rank'} at step {step}; "
+                + ("saved" if final_saved else f"not saved (bad steps); {last_path} is kept")
             )
             break
+    failsafe.disarm()
     if saved_step != step:
         save_now()
+    closing = health.closing_line()
+    if closing:
+        logger.message(closing)
     logger.close()
     run_report.finish(step, stopped, last_path)
     data.close()
     _test_probe_hook(model, info.rank, drawn)
+    _check_outcome(info, models_dir, step, start_step, metrics, skipped_at_start, written, last_path)
     return TrainResult(step, int(metrics["skipped_steps"]), last_path, stopped)
+
+
+def _capture_local(data: Any) -> dict[str, Any]:
+    """This rank's RNG and data position now (cheap; what a save on failure needs for exact resume)."""
+    return {"rng": ckpt.capture_rng_state(), "data": copy.deepcopy(data.state_dict())}
+
+
+def _checkpoint_paths(models_dir: Path, step: int, keep: int, snapshot: bool) -> list[Path]:
+    """The files a save at ``step`` writes (``last.pth`` first)."""
+    paths = [models_dir / ckpt.LAST_NAME]
+    if keep > 0:
+        paths.append(models_dir / ckpt.step_name(step))
+    if snapshot:
+        paths.append(models_dir / ckpt.SNAPSHOT_DIR / ckpt.step_name(step))
+    return paths
+
+
+def _lineage_at_resume(models_dir: Path, resume: Path | None, step: int) -> Lineage:
+    """The run's restorable files at start: the one resumed from, its retained copy, and the copies
+    and snapshots of earlier steps written before it (its ancestors, as far as time tells)."""
+    lineage = Lineage()
+    if resume is None:
+        return lineage
+    lineage.resumed = (Path(resume), step)
+    try:
+        resumed_at = Path(resume).stat().st_mtime_ns
+    except OSError:
+        return lineage
+    for kind, at_step, path in ckpt.list_checkpoints(models_dir):
+        if kind == "last":
+            continue
+        try:
+            same = path.samefile(resume)
+            older = path.stat().st_mtime_ns <= resumed_at
+        except OSError:
+            continue
+        if same or (at_step < step and older):
+            lineage.record(path, at_step)
+    return lineage
+
+
+def _restore_before_streak(guard, lineage, restores, model, discs, optimizers, scaler):
+    """Load the newest of this run's checkpoints saved before the bad streak began; ``(step, path)``."""
+    if restores > MAX_RESTORES or guard.streak_start is None:
+        return None
+    for at_step, path in lineage.candidates_before(guard.streak_start):
+        try:
+            state = ckpt.load_checkpoint(path)
+        except ckpt.CheckpointError:
+            continue
+        _load_weights(state, model, discs, optimizers, scaler, path)
+        return at_step, path
+    return None
+
+
+def _check_outcome(info, models_dir, step, start_step, metrics, skipped_at_start, written, last_path) -> None:
+    """A run that mostly skipped, or never managed to write a checkpoint, does not end with 0."""
+    ran = step - start_step
+    skipped = int(metrics["skipped_steps"]) - skipped_at_start
+    if ran > 0 and skipped > MOSTLY_SKIPPED * ran:
+        raise DivergedError(
+            f"{models_dir}: {skipped} of this run's {ran} steps were skipped (non-finite or spiking "
+            f"losses); {last_path or 'no checkpoint'} is the newest good checkpoint; lower --lr, turn "
+            "on --clipgrad, or check the data"
+        )
+    if info.is_main and ran > 0 and written == 0:
+        raise ckpt.CheckpointError(
+            f"{models_dir}: no checkpoint could be written in this run (see the messages above)"
+        )
 
 
 def _unwrap(module: torch.nn.Module | None) -> torch.nn.Module | None:
@@ -374,7 +568,7 @@ def _load_weights(state: dict[str, Any], model, discs, optimizers, scaler, path:
         scaler.load_state_dict(state["scaler"])
 
 
-def _log(logger, info, step, sums, count, lr, grad_norm, metrics, device) -> None:
+def _log(logger, info, step, sums, count, lr, grad_norm, metrics, device, extra=None) -> None:
     """Average the device-side sums over the interval (and over ranks) and write them (rank 0)."""
     if count == 0 or not sums:
         return
@@ -395,6 +589,7 @@ def _log(logger, info, step, sums, count, lr, grad_norm, metrics, device) -> Non
             "perf/samples_per_s": samples_s,
             "perf/memory_mb": memory_mb(device),
             "perf/elapsed_s": logger.elapsed_s(),  # training seconds of the run, resumes included
+            **(extra or {}),
         }
     )
     metrics["elapsed_s"] = out["perf/elapsed_s"]
