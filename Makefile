@@ -16,7 +16,7 @@ VENV_STAMP := $(VENV)/.torch-installed
 DEMO_STAMP := $(VENV)/.installed-demo
 TEST_STAMP := $(VENV)/.installed-test
 
-.PHONY: demo test lint install clean
+.PHONY: demo test lint options-doc install clean
 
 $(VENV_STAMP):
 	$(PYTHON) -m venv $(VENV)
@@ -45,6 +45,10 @@ test: $(TEST_STAMP)
 lint: $(TEST_STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/python -m torchsae.cli.options_doc --check
+
+options-doc: $(DEMO_STAMP)  # rewrite the option tables of docs/OPTIONS.md and the README
+	$(BIN)/python -m torchsae.cli.options_doc --write
 
 clean:
 	rm -rf $(VENV) demo_run
