@@ -64,6 +64,11 @@ def option(default: Any, help: str, **spec: Any) -> Any:
     return field(default=default, metadata={"option": OptionSpec(help=help, **spec)})
 
 
+def folder_option(help: str, dfl_text: str | None = None, **spec: Any) -> Any:
+    """A folder given on the command line (click.Path(file_okay=False)); unset by default."""
+    return option(None, help, folder=True, dfl_text=dfl_text, **spec)
+
+
 def check_choices(section: Any) -> None:
     """Raise ConfigError for the first field (in declaration order) whose value is not one of its
     declared ``choices``: ``ct_mode 'x': must be one of none, rct, ...``."""
@@ -236,32 +241,22 @@ class DataConfig:
     A is DeepFaceLab's dst (the faces to replace), B is src (the identity rendered in).
     """
 
-    data_dir_a: str | None = option(
-        None,
-        "A faces (DeepFaceLab's dst: to replace).",
-        dfl_text="`data_dst` aligned folder",
-        folder=True,
-        doc="the faceset to replace",
+    data_dir_a: str | None = folder_option(
+        "A faces (DeepFaceLab's dst: to replace).", "`data_dst` aligned folder", doc="the faceset to replace"
     )
-    data_dir_b: str | None = option(
-        None,
+    data_dir_b: str | None = folder_option(
         "B faces (DeepFaceLab's src: the identity).",
-        dfl_text="`data_src` aligned folder",
-        folder=True,
+        "`data_src` aligned folder",
         doc="the faceset of the identity rendered in",
     )
-    pretrain_dir: str | None = option(
-        None,
+    pretrain_dir: str | None = folder_option(
         "Generic faces for --pretrain (both sides; DFL's pretraining_data_path).",
         dfl="pretraining_data_path",
-        folder=True,
         doc="the generic faceset used for both sides while pretraining (see [Pretraining](#pretraining))",
     )
-    index_dir: str | None = option(  # None: TORCHSAE_INDEX_DIR, else each faceset's own .torchsae folder
-        None,
+    index_dir: str | None = folder_option(  # None: TORCHSAE_INDEX_DIR, else each faceset's own .torchsae
         "Keep the facesets' side indexes here instead of in each faceset's .torchsae folder "
         "(read-only facesets).",
-        folder=True,
         default_text="$TORCHSAE_INDEX_DIR, else beside the faces",
         doc="where the facesets' side indexes live; for read-only facesets. Unset: the environment "
         "variable `TORCHSAE_INDEX_DIR`, else each faceset's `.torchsae/`. Each faceset gets "
