@@ -3,6 +3,7 @@ flag <-> key table, ``--help``'s defaults and the docs tables all come from that
 
 from __future__ import annotations
 
+import dataclasses
 import shutil
 from pathlib import Path
 
@@ -122,3 +123,23 @@ def test_model_options_are_shared_by_train_info_and_bench() -> None:
     assert bench["batch_size"].default == 8 and bench["amp"].default == "none"  # concrete: no config layer
     assert bench["archi"].default is None  # over --model-size's preset
     assert bench["compile"].is_flag and not bench["compile"].secondary_opts
+
+
+def test_a_declared_flag_keeps_the_field_name_as_the_parameter() -> None:
+    """``flag=`` renames the flag only: click hands the value over under the field's name."""
+    from torchsae.cli.options import _click_option
+    from torchsae.config import option
+
+    @dataclasses.dataclass
+    class Section:
+        n_things: int = option(3, "Things.", flag="--things")
+        fast: bool = option(False, "Go fast.", flag="--quick")
+
+    params = {}
+    cmd = lambda **kwargs: params.update(kwargs)  # noqa: E731
+    for f in reversed(dataclasses.fields(Section)):
+        cmd = _click_option(f, f.metadata["option"], concrete=False)(cmd)
+    command = click.command("t")(cmd)
+    assert CliRunner().invoke(command, ["--things", "4", "--no-quick"]).exit_code == 0
+    assert params == {"n_things": 4, "fast": False}
+    assert "[default: 3]" in CliRunner().invoke(command, ["--help"]).output
