@@ -26,6 +26,8 @@ COMMANDS: dict[str, str] = {
     "inspect": "torchsae.cli.faceset:inspect_cmd",
     "xseg": "torchsae.cli.faceset:xseg_group",
     "import-dfl": "torchsae.cli.import_dfl:import_dfl_cmd",
+    "swap": "torchsae.cli.swap:swap_cmd",
+    "merge": "torchsae.cli.swap:merge_cmd",
 }
 
 
