@@ -3,16 +3,17 @@
 Why: ``torchsae merge`` pastes swapped faces back into their source frames through each aligned
 face's ``image_to_face_mat``. To measure that end to end, the demo renders the same scenes twice:
 
-    frames/00000.png ...          identity A placed in a scene (what DeepFaceLab's data_dst holds)
-    frames_aligned/00000_0.jpg    each face cut out of its frame as DeepFaceLab's extractor would:
+    frames/00001.png ...          identity A placed in a scene (what DeepFaceLab's data_dst holds)
+    frames_aligned/00001_0.jpg    each face cut out of its frame as DeepFaceLab's extractor would:
                                   a 512x512 whole_face crop (cubic warp of the frame) whose APP15 dict
                                   records source_filename, image_to_face_mat (frame -> crop),
                                   source_landmarks/source_rect (frame pixels) and the XSeg mask
-    frames_truth/00000.png        the same scene with identity B: the ideal merge of frames/00000.png
-    frames_truth/00000_mask.png   frame pixels that are face in both renders (0/255)
+    frames_truth/00001.png        the same scene with identity B: the ideal merge of frames/00000.png
+    frames_truth/00001_mask.png   frame pixels that are face in both renders (0/255)
     frames_truth/manifest.json    per frame: its faces, their placement matrices (crop -> frame)
 
-Frame ``i`` holds no face when ``i % 6 == 5`` (the merger must copy it unchanged), two faces when
+Frames are numbered from 1, as DeepFaceLab's ``extract video`` names them. Frame ``i`` (0-based
+index) holds no face when ``i % 6 == 5`` (the merger must copy it unchanged), two faces when
 ``i % 6 == 2`` and one otherwise. Each face's crop is composited into a shared backdrop through a soft
 ellipse around the head, so the scene outside the heads is identical in the A and B frames.
 """
@@ -98,9 +99,9 @@ def frame_item(job: tuple[Path, int, tuple[str, str], int]) -> dict:
         np.maximum(truth_mask, np.where(warped >= 128, 255, 0).astype(np.uint8), out=truth_mask)
         renders.append((face_a, place))
         faces.append(
-            {"aligned": f"{index:05d}_{slot}.jpg", "placement": place.tolist(), "scene": scene.to_dict()}
+            {"aligned": f"{index + 1:05d}_{slot}.jpg", "placement": place.tolist(), "scene": scene.to_dict()}
         )
-    frame_name = f"{index:05d}.png"
+    frame_name = f"{index + 1:05d}.png"
     frame_a = np.round(frames["a"]).astype(np.uint8)
     for folder, image in (("frames", frame_a), ("frames_truth", np.round(frames["b"]).astype(np.uint8))):
         ok, png = cv2.imencode(".png", image)
@@ -108,14 +109,14 @@ def frame_item(job: tuple[Path, int, tuple[str, str], int]) -> dict:
             raise TorchSAEError(f"{root / folder / frame_name}: OpenCV could not encode the PNG")
         atomic_write_bytes(root / folder / frame_name, png.tobytes())
     ok, png = cv2.imencode(".png", truth_mask)
-    atomic_write_bytes(root / "frames_truth" / f"{index:05d}_mask.png", png.tobytes())
+    atomic_write_bytes(root / "frames_truth" / f"{index + 1:05d}_mask.png", png.tobytes())
     for (face_a, place), info in zip(renders, faces, strict=True):
         to_face = invert_affine(place)  # DeepFaceLab's image_to_face_mat: frame -> crop
         crop = cv2.warpAffine(frame_a, to_face, (CROP, CROP), flags=cv2.INTER_CUBIC)
         cut = RenderedFace(image=crop, landmarks=face_a.landmarks, mask=face_a.mask)
         path = root / "frames_aligned" / info["aligned"]
         atomic_write_bytes(path, encode_face(cut, frame_name, str(path), image_to_face_mat=to_face))
-    return {"index": index, "frame": frame_name, "mask": f"{index:05d}_mask.png", "faces": faces}
+    return {"index": index, "frame": frame_name, "mask": f"{index + 1:05d}_mask.png", "faces": faces}
 
 
 def write_manifest(root: Path, seed: int, names: tuple[str, str], items: list[dict]) -> None:

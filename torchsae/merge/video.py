@@ -110,7 +110,6 @@ def write_video(
         ffmpeg_log_level="error",
         audio_path=None if audio_from is None else str(audio_from),
         audio_codec=None if audio_from is None else "aac",
-        output_params=["-shortest"] if audio_from is not None else None,
     )
     try:
         writer.send(None)
