@@ -98,6 +98,8 @@ def _color_transfer(
         t = t.permute(0, 3, 1, 2) if t.ndim == 4 else t[:, None]
         return t.to(device)
 
+    if device != "cpu" and not torch.cuda.is_available():  # e.g. onnxruntime-gpu beside a CPU torch
+        device = "cpu"
     area = (masks > 0).astype(np.float32)
     out = color_transfer(mode, nchw(faces), nchw(refs), torch.Generator().manual_seed(0), mask=nchw(area))
     return out.permute(0, 2, 3, 1).float().cpu().numpy()
@@ -129,7 +131,10 @@ def _load_face_crop(face: AlignedFace, resolution: int, face_type: str) -> np.nd
     image = read_image(face.path)
     if image is None:
         return None
-    mat = file_to_model_mat(face, resolution, face_type)
+    try:
+        mat = file_to_model_mat(face, resolution, face_type)
+    except TorchSAEError:  # e.g. no landmarks to re-crop with: counted with the unreadable ones
+        return None
     return cv2.warpAffine(
         image, mat, (resolution, resolution), flags=cv2.INTER_CUBIC, borderMode=cv2.BORDER_REPLICATE
     )
@@ -280,7 +285,7 @@ class _FrameJob:
     frame: np.ndarray | None
     source_path: Path | None  # copy these bytes when the frame has no faces (folder input)
     faces: list[_FaceJob]
-    singular: int = 0  # faces dropped because their frame -> crop matrix is singular
+    singular: int = 0  # faces dropped: a singular frame -> crop matrix or an unusable mask
 
 
 class FrameSource:
@@ -406,9 +411,13 @@ def merge_frames(
             crop = cv2.warpAffine(frame, mat, (res, res), flags=cv2.INTER_CUBIC)
             gt = None
             if need_gt:
-                gt = full_face_mask_at(
-                    face.meta, face.meta.image_hw, res, gt_policy, str(face.path), face_type=ftype
-                )[..., 0]
+                try:
+                    gt = full_face_mask_at(
+                        face.meta, face.meta.image_hw, res, gt_policy, str(face.path), face_type=ftype
+                    )[..., 0]
+                except TorchSAEError:  # a malformed stored mask or missing landmarks
+                    singular += 1
+                    continue
             jobs.append(_FaceJob(face, mat, scale_about_centre(mat, res, options.face_scale), crop, gt))
         return _FrameJob(name, out_path_for(name), frame, path, jobs, singular)
 
@@ -488,13 +497,13 @@ def merge_frames(
                 return
             waiting.append(job)
             if job.singular:
-                report.skipped["with a singular frame-to-face matrix"] += job.singular
+                report.skipped["with a singular matrix or an unusable mask"] += job.singular
             batch.extend(job.faces)
             if job.faces:
                 report.merged += 1
             else:
                 report.copied += 1
-            if len(batch) >= batch_size:
+            if len(batch) >= batch_size or len(waiting) > lookahead:  # bounded memory when faces are rare
                 flush()
 
         for name, path, frame in source.items():

@@ -45,8 +45,12 @@ class VideoInfo:
     frames: int | None
 
 
-def probe(path: str | Path) -> VideoInfo:
-    """Frame rate, size and whether ``path`` has an audio stream (one-line error when unreadable)."""
+def probe(path: str | Path, count_frames: bool = False) -> VideoInfo:
+    """Frame rate, size and whether ``path`` has an audio stream (one-line error when unreadable).
+
+    ``frames``: counted by decoding with ``count_frames`` (exact, slow on long videos), else estimated
+    from the duration and frame rate (None when the file does not say).
+    """
     ffmpeg = _ffmpeg()
     path = Path(path)
     if not path.is_file():
@@ -58,11 +62,14 @@ def probe(path: str | Path) -> VideoInfo:
         raise TorchSAEError(f"{path}: ffmpeg cannot read it as a video ({str(exc).splitlines()[0]})") from exc
     finally:
         gen.close()
-    try:
-        frames = ffmpeg.count_frames_and_secs(str(path))[0]
-    except (RuntimeError, OSError):
-        frames = None
-    return VideoInfo(float(meta.get("fps") or 25.0), tuple(meta["size"]), "audio_codec" in meta, frames)
+    fps = float(meta.get("fps") or 25.0)
+    frames = int(round(meta["duration"] * fps)) if meta.get("duration") else None
+    if count_frames:
+        try:
+            frames = ffmpeg.count_frames_and_secs(str(path))[0]
+        except (RuntimeError, OSError):
+            frames = None
+    return VideoInfo(fps, tuple(meta["size"]), "audio_codec" in meta, frames)
 
 
 def read_video(path: str | Path) -> Iterator[tuple[str, np.ndarray]]:
