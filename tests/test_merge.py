@@ -323,3 +323,14 @@ def test_masked_rct_takes_statistics_inside_the_mask():
     torch.testing.assert_close(got, want, atol=2.0, rtol=0)  # clipping to [0, 1] moves it a little
     unmasked = bgr_to_lab(rct(image, ref))[inside].view(2, 3, -1).mean(-1)
     assert (unmasked - want).abs().max() > 10.0
+
+
+def test_frames_are_added_to_an_existing_demo_faceset(tmp_path):
+    first = make_demo_faceset(tmp_path / "fs", 2, seed=0, truth_count=1)
+    before = (first.dirs[0] / "00000.jpg").stat().st_mtime_ns
+    again = make_demo_faceset(tmp_path / "fs", 2, seed=0, truth_count=1, frames=2)
+    assert (again.dirs[0] / "00000.jpg").stat().st_mtime_ns == before  # the faces were kept
+    assert sorted(p.name for p in again.frames_dir.iterdir()) == ["00001.png", "00002.png"]
+    assert make_demo_faceset(tmp_path / "fs", 2, seed=0, truth_count=1, frames=2).seconds == 0.0
+    fewer = make_demo_faceset(tmp_path / "fs", 2, seed=0, truth_count=1, frames=1)
+    assert sorted(p.name for p in fewer.frames_dir.iterdir()) == ["00001.png"]

@@ -172,17 +172,35 @@ def _run(func, jobs: list, workers: int) -> list:
         return pool.map(func, jobs, chunksize=max(1, len(jobs) // (4 * workers)))
 
 
-def _check_target(root: Path, params: dict, overwrite: bool) -> bool:
-    """True when ``root`` already holds exactly this faceset; raise when it holds something else."""
+def _faces_only(params: dict) -> dict:
+    return {key: value for key, value in params.items() if key != "frames"}
+
+
+def _check_target(root: Path, params: dict, overwrite: bool) -> str:
+    """``"same"`` when ``root`` already holds exactly this faceset, ``"frames"`` when it holds the same
+    faces with other (or no) frames (only the frames are then redone), ``"new"`` when it is empty or
+    was cleared; raise when it holds something else."""
     stamp = root / STAMP
     if stamp.is_file() and not overwrite:
         try:
-            if json.loads(stamp.read_text("utf-8")) == params:
-                return True
+            stored = json.loads(stamp.read_text("utf-8"))
         except (OSError, ValueError):
-            pass
-    folders = [root / name for name in (*params["identities"], "truth", *FRAME_FOLDERS)]
-    for folder in folders:
+            stored = None
+        if stored == params:
+            return "same"
+        if isinstance(stored, dict) and _faces_only(stored) == _faces_only(params):
+            _clear(root, FRAME_FOLDERS, overwrite=True)
+            stamp.unlink(missing_ok=True)
+            return "frames"
+    _clear(root, (*params["identities"], "truth", *FRAME_FOLDERS), overwrite)
+    stamp.unlink(missing_ok=True)  # written again only once the new faceset is complete
+    return "new"
+
+
+def _clear(root: Path, names, overwrite: bool) -> None:
+    """Delete our own generated files in ``root/<names>``; raise on foreign files (or any, without
+    ``overwrite``)."""
+    for folder in (root / name for name in names):
         if not folder.is_dir():
             continue
         files = [p for p in folder.iterdir() if not p.name.startswith(".")]
@@ -198,8 +216,6 @@ def _check_target(root: Path, params: dict, overwrite: bool) -> bool:
             )
         for p in files:  # only our own generated names, so a smaller count leaves no stale faces behind
             p.unlink()
-    stamp.unlink(missing_ok=True)  # written again only once the new faceset is complete
-    return False
 
 
 def make_demo_faceset(
@@ -246,9 +262,25 @@ def make_demo_faceset(
     if frames:  # absent when 0, so the stamp of a faceset without frames is unchanged
         params["frames"] = int(frames)
     result = DemoFaceset(root, names, int(count), truth_count, int(seed), 0.0)
-    if _check_target(root, params, overwrite):
+    state = _check_target(root, params, overwrite)
+    if state == "same":
         return result
     start = time.perf_counter()
+    if state == "new":
+        _write_faces(root, names, int(seed), int(count), truth_count, workers)
+    if frames:
+        for name in FRAME_FOLDERS:
+            (root / name).mkdir(parents=True, exist_ok=True)
+        items = _run(frame_item, [(root, int(seed), names, i) for i in range(frames)], workers)
+        write_frames_manifest(root, int(seed), names, items)
+    atomic_write_text(root / STAMP, json.dumps(params, indent=1))
+    return DemoFaceset(root, names, int(count), truth_count, int(seed), time.perf_counter() - start)
+
+
+def _write_faces(
+    root: Path, names: tuple[str, str], seed: int, count: int, truth_count: int, workers: int
+) -> None:
+    """The A and B facesets and the truth pairs (everything but the frames)."""
     jobs = [(root / name, int(seed), name, i) for name in names for i in range(count)]
     for name in names:
         (root / name).mkdir(parents=True, exist_ok=True)
@@ -268,10 +300,3 @@ def make_demo_faceset(
         "items": items,
     }
     atomic_write_text(truth / "manifest.json", json.dumps(manifest, indent=1))
-    if frames:
-        for name in FRAME_FOLDERS:
-            (root / name).mkdir(parents=True, exist_ok=True)
-        items = _run(frame_item, [(root, int(seed), names, i) for i in range(frames)], workers)
-        write_frames_manifest(root, int(seed), names, items)
-    atomic_write_text(root / STAMP, json.dumps(params, indent=1))
-    return DemoFaceset(root, names, int(count), truth_count, int(seed), time.perf_counter() - start)
