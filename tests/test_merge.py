@@ -334,3 +334,95 @@ def test_frames_are_added_to_an_existing_demo_faceset(tmp_path):
     assert make_demo_faceset(tmp_path / "fs", 2, seed=0, truth_count=1, frames=2).seconds == 0.0
     fewer = make_demo_faceset(tmp_path / "fs", 2, seed=0, truth_count=1, frames=1)
     assert sorted(p.name for p in fewer.frames_dir.iterdir()) == ["00001.png"]
+
+
+@pytest.mark.parametrize("ct", ["lct", "mkl", "idt", "sot"])
+def test_every_colour_transfer_mode_merges(demo, tmp_path, ct):
+    frames = tmp_path / "frames"
+    frames.mkdir()
+    shutil.copy(demo.frames_dir / "00001.png", frames)
+    report = merge_frames(
+        EchoSwapper(32),
+        frames,
+        demo.frames_aligned_dir,
+        tmp_path / "out",
+        MergeOptions(color_transfer_mode=ct, blur_mask_modifier=4),
+        progress=False,
+    )
+    assert report.faces == 1 and report.skipped == {"whose frame is missing": 5}
+
+
+def test_jpeg_frames_keep_name_size_and_format(demo, tmp_path):
+    frames = tmp_path / "frames"
+    frames.mkdir()
+    for name in ("00001", "00006"):  # a face, and no face
+        image = cv2.imread(str(demo.frames_dir / f"{name}.png"))
+        cv2.imwrite(str(frames / f"{name}.jpg"), image)
+    out = tmp_path / "out"
+    report = merge_frames(
+        EchoSwapper(32),
+        frames,
+        demo.frames_aligned_dir,
+        out,
+        MergeOptions(output_face_scale=10),
+        progress=False,
+    )
+    assert (report.merged, report.copied) == (1, 1)  # 00001.png in the metadata matches 00001.jpg
+    assert sorted(p.name for p in out.iterdir()) == ["00001.jpg", "00006.jpg"]
+    assert (out / "00001.jpg").read_bytes()[:2] == b"\xff\xd8"
+    assert cv2.imread(str(out / "00001.jpg")).shape == (320, 480, 3)
+    assert (out / "00006.jpg").read_bytes() == (frames / "00006.jpg").read_bytes()
+
+
+def test_merge_cli(demo, checkpoint, tmp_path):
+    out = tmp_path / "merged"
+    args = [
+        "merge",
+        "--model",
+        str(checkpoint),
+        "--frames",
+        str(demo.frames_dir),
+        "--faces",
+        str(demo.frames_aligned_dir),
+        "--output",
+        str(out),
+        "--mode",
+        "seamless",
+        "--mask-mode",
+        "xseg-dst",
+        "--erode-mask-modifier",
+        "2",
+        "--blur-mask-modifier",
+        "6",
+        "--output-face-scale",
+        "-5",
+        "--masks",
+        str(tmp_path / "masks"),
+        "--no-progress",
+        "--batch-size",
+        "3",
+        "--workers",
+        "1",
+    ]
+    if shutil.which("ffmpeg") or _has_imageio_ffmpeg():
+        args += ["--to-video", str(tmp_path / "out.mp4"), "--fps", "10"]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 0, result.output
+    assert "merged 5 frames (6 faces), copied 1 without faces" in result.output
+    assert len(list(out.iterdir())) == FRAMES == len(list((tmp_path / "masks").iterdir()))
+    again = CliRunner().invoke(main, args)
+    assert again.exit_code == 0 and f"{FRAMES} already merged" in again.output
+    (tmp_path / "empty").mkdir()
+    empty = [*args[:4], str(tmp_path / "empty"), *args[5:]]
+    assert args[3] == "--frames"
+    result = CliRunner().invoke(main, empty)
+    assert result.exit_code == 1 and result.output.strip().splitlines()[-1].startswith("Error:")
+    assert "no frames" in result.output
+
+
+def _has_imageio_ffmpeg() -> bool:
+    try:
+        import imageio_ffmpeg  # noqa: F401
+    except ImportError:
+        return False
+    return True
