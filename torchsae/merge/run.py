@@ -371,6 +371,8 @@ def merge_frames(
     start = time.perf_counter()
     source = FrameSource(frames)
     output = Path(output)
+    if source.video is None and output.resolve() == source.path.resolve():
+        raise TorchSAEError(f"{output}: the output folder must not be the frames folder")
     output.mkdir(parents=True, exist_ok=True)
     if masks_dir is not None:
         Path(masks_dir).mkdir(parents=True, exist_ok=True)
