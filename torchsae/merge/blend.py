@@ -24,6 +24,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
+from torchsae.dfl.geometry import transform_points
 from torchsae.errors import TorchSAEError
 
 MODES = ("overlay", "seamless")
@@ -123,9 +124,8 @@ def process_mask(mask: np.ndarray, erode: int, blur: int) -> np.ndarray:
 
 def _roi(mat: np.ndarray, resolution: int, hw: tuple[int, int]) -> tuple[int, int, int, int] | None:
     """Frame box (x0, y0, x1, y1) covering the crop's footprint (+2 px for the filters), or None."""
-    inv = cv2.invertAffineTransform(mat)
     corners = np.array([[0, 0], [resolution, 0], [resolution, resolution], [0, resolution]], np.float64)
-    pts = corners @ inv[:, :2].T + inv[:, 2]
+    pts = transform_points(corners, mat, invert=True)
     x0, y0 = np.floor(pts.min(0)).astype(int) - 2
     x1, y1 = np.ceil(pts.max(0)).astype(int) + 3
     x0, y0, x1, y1 = max(x0, 0), max(y0, 0), min(x1, hw[1]), min(y1, hw[0])
