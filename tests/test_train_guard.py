@@ -293,7 +293,11 @@ def test_kill_9_of_the_trainer_takes_its_data_workers_along(tmp_path: Path, face
     [
         (["--lr", "inf"], None, "optim.lr (--lr): must be a finite number, got inf"),
         (["--spike-factor", "nan"], None, "train.spike_factor (--spike-factor): must be a finite number"),
-        ([], "train:\n  batch_size: eight\n", "train.batch_size (--batch-size): must be an integer, got 'eight'"),
+        (
+            [],
+            "train:\n  batch_size: eight\n",
+            "train.batch_size (--batch-size): must be an integer, got 'eight'",
+        ),
     ],
 )
 def test_bad_option_values_are_one_line_before_training(
