@@ -1,7 +1,7 @@
 # The two set-up commands of the README: `make demo` and `make test`. Each creates .venv and installs
 # what it needs by itself, so both work on a fresh clone, in either order.
 #
-#   make demo   torch (CPU build by default) + TorchSAE + ONNX Runtime (the `ort` extra): what the demo runs
+#   make demo   torch (CPU build by default) + TorchSAE + ONNX Runtime and imageio-ffmpeg (the `ort` and `video` extras): what the demo runs
 #   make test   the same venv + the `dev` extra: test tools, DALI, wandb, hadolint, the Docker-file checks
 #
 # Each extra has its own stamp, so `make demo` then `make test` installs only the test extra on top.
@@ -27,7 +27,7 @@ $(VENV_STAMP):
 	touch $@
 
 $(DEMO_STAMP): $(VENV_STAMP) setup.cfg pyproject.toml
-	$(BIN)/pip install --quiet -e '.[ort]'
+	$(BIN)/pip install --quiet -e '.[ort,video]'
 	touch $@
 
 $(TEST_STAMP): $(VENV_STAMP) setup.cfg pyproject.toml

@@ -25,14 +25,27 @@ def _flat(x: torch.Tensor) -> torch.Tensor:
     return x.reshape(x.shape[0], x.shape[1], -1).double()
 
 
-def rct(image: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
+def _masked_moments(lab: torch.Tensor, mask: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-sample, per-channel mean and population std, over the pixels where ``mask`` > 0 if given."""
+    if mask is None:
+        return lab.mean((2, 3), keepdim=True), lab.std((2, 3), keepdim=True, correction=0)
+    weight = (mask > 0).to(lab.dtype)
+    count = weight.sum((2, 3), keepdim=True).clamp_min(1.0)
+    mean = (lab * weight).sum((2, 3), keepdim=True) / count
+    var = (((lab - mean) ** 2) * weight).sum((2, 3), keepdim=True) / count
+    return mean, var.sqrt()
+
+
+def rct(image: torch.Tensor, reference: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
     """Reinhard transfer: match per-channel mean and std in OpenCV Lab; L clipped 0..100, a/b ±127.
 
     A channel with zero spread in ``image`` maps to the reference mean (DFL would divide by zero).
+    ``mask`` (N, 1, H, W): take both images' statistics only where it is > 0 (DeepFaceLab's merger
+    passes the face mask as ``source_mask`` and ``target_mask``); the whole image is still mapped.
     """
     lab, ref = bgr_to_lab(image), bgr_to_lab(reference)
-    mean, std = lab.mean((2, 3), keepdim=True), lab.std((2, 3), keepdim=True, correction=0)
-    ref_mean, ref_std = ref.mean((2, 3), keepdim=True), ref.std((2, 3), keepdim=True, correction=0)
+    mean, std = _masked_moments(lab, mask)
+    ref_mean, ref_std = _masked_moments(ref, mask)
     out = (lab - mean) * (ref_std / std.clamp_min(1e-6)) + ref_mean
     low = torch.tensor([0.0, -127.0, -127.0], dtype=out.dtype, device=out.device).view(1, 3, 1, 1)
     high = torch.tensor([100.0, 127.0, 127.0], dtype=out.dtype, device=out.device).view(1, 3, 1, 1)
@@ -235,13 +248,23 @@ def sot(
 
 
 def color_transfer(
-    mode: str, image: torch.Tensor, reference: torch.Tensor, generator: torch.Generator
+    mode: str,
+    image: torch.Tensor,
+    reference: torch.Tensor,
+    generator: torch.Generator,
+    mask: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Re-colour each ``image[i]`` toward ``reference[i]`` with DeepFaceLab's ``ct_mode``."""
+    """Re-colour each ``image[i]`` toward ``reference[i]`` with DeepFaceLab's ``ct_mode``.
+
+    ``mask`` (N, 1, H, W), as DeepFaceLab's merger uses it: rct takes its statistics inside the mask;
+    the other modes see both images multiplied by the mask.
+    """
     if mode == "none":
         return image
     if mode == "rct":
-        return rct(image, reference)
+        return rct(image, reference, mask)
+    if mask is not None:
+        image, reference = image * mask, reference * mask
     if mode == "lct":
         return lct(image, reference)
     if mode == "mkl":

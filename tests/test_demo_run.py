@@ -104,6 +104,13 @@ def test_demo_end_to_end_on_a_tiny_budget(tmp_path: Path, capsys: pytest.Capture
     assert labels == ["no swap (A's own face)", "untrained model (step 0)", "trained model (step 2)"]
     for label in labels:
         assert label in out
+    merge = saved["merge"]
+    assert merge["faces"] > 0 and "merged" in out
+    assert sorted(p.name for p in (run / "merged").iterdir()) == sorted(
+        p.name for p in (run / "faceset" / "frames").iterdir()
+    )
+    if merge["video"]:
+        assert Path(merge["video"]).is_file()
     if "exported" in saved["export"]:
         assert (run / "models" / "swap.onnx").is_file()
     else:

@@ -27,6 +27,8 @@ COMMANDS: dict[str, str] = {
     "xseg": "torchsae.cli.faceset:xseg_group",
     "import-dfl": "torchsae.cli.import_dfl:import_dfl_cmd",
     "export-dfl": "torchsae.cli.import_dfl:export_dfl_cmd",
+    "swap": "torchsae.cli.swap:swap_cmd",
+    "merge": "torchsae.cli.swap:merge_cmd",
 }
 
 

@@ -63,16 +63,29 @@ def demo_cmd(
 @click.option(
     "--workers", type=click.IntRange(min=1), default=1, show_default=True, help="Processes to render with."
 )
+@click.option(
+    "--frames",
+    type=click.IntRange(min=0),
+    default=0,
+    show_default=True,
+    help="Also write full frames (OUT_DIR/frames, frames_aligned, frames_truth) for torchsae merge.",
+)
 @click.option("--overwrite", is_flag=True, help="Replace a different demo faceset already in OUT_DIR.")
 def make_cmd(
-    out_dir: Path, count: int, seed: int, truth_count: int | None, workers: int, overwrite: bool
+    out_dir: Path, count: int, seed: int, truth_count: int | None, workers: int, frames: int, overwrite: bool
 ) -> None:
     """Write a synthetic DeepFaceLab faceset: OUT_DIR/A, OUT_DIR/B (whole_face JPEGs with landmarks and
     XSeg masks) and OUT_DIR/truth (the same held-out scenes rendered as A and as B)."""
     from torchsae.demo.faceset import make_demo_faceset
 
     result = make_demo_faceset(
-        out_dir, count, seed=seed, truth_count=truth_count, workers=workers, overwrite=overwrite
+        out_dir,
+        count,
+        seed=seed,
+        truth_count=truth_count,
+        workers=workers,
+        overwrite=overwrite,
+        frames=frames,
     )
     a_dir, b_dir = result.dirs
     if result.seconds == 0.0:
@@ -83,3 +96,5 @@ def make_cmd(
         f"wrote {result.count} faces each to {a_dir} and {b_dir}, {result.truth_count} truth pairs to "
         f"{result.truth_dir} ({total / result.seconds:.0f} faces/s)"
     )
+    if frames:
+        click.echo(f"wrote {frames} frames to {result.frames_dir}, their aligned faces and truth beside it")

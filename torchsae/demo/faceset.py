@@ -8,6 +8,8 @@ Layout of ``out_dir`` (count faces per identity, truth_count pairs)::
     truth/0000_b.jpg       ... and the *same* scene rendered as B: the ideal A->B swap of 0000_a.jpg
     truth/0000_mask.png    pixels that are face in both renders (8-bit, 0/255, 512x512)
     truth/manifest.json    identities, scenes and file names of the pairs
+    frames/, frames_aligned/, frames_truth/   only with ``frames`` > 0: full scenes, the faces cut
+                           out of them and the same scenes as B (see torchsae.demo.frames)
     demo_faceset.json      written last: the parameters, so an identical request reuses the folder
 
 Every JPEG is what DeepFaceLab's extractor plus XSeg apply would leave: OpenCV quality-90 JPEG of the
@@ -34,8 +36,11 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from torchsae.demo.frames import frame_item
+from torchsae.demo.frames import write_manifest as write_frames_manifest
 from torchsae.demo.params import Scene, identity_for, sample_scene
 from torchsae.demo.render import RenderedFace, render_face
+from torchsae.dfl.geometry import transform_points
 from torchsae.dfl.meta import DFLMeta, encode_xseg_mask, meta_into_bytes
 from torchsae.errors import TorchSAEError
 from torchsae.fileio import atomic_write_bytes, atomic_write_text
@@ -45,7 +50,10 @@ VERSION = 1
 JPEG_QUALITY = 90  # DeepFaceLab's extractor default
 XSEG_SIZE = 256  # DeepFaceLab's XSeg apply always stores 256x256 masks
 _FACESET_KIND, _TRUTH_KIND = 0, 1
-_OUR_FILES = re.compile(r"^(\d{5,}\.jpg|\d{4,}_(a|b)\.jpg|\d{4,}_mask\.png|manifest\.json)$")
+_OUR_FILES = re.compile(
+    r"^(\d{5,}\.jpg|\d{4,}_(a|b)\.jpg|\d{4,}_mask\.png|manifest\.json|\d{5,}\.png|\d{5,}_\d+\.jpg)$"
+)
+FRAME_FOLDERS = ("frames", "frames_aligned", "frames_truth")
 STAMP = "demo_faceset.json"
 
 
@@ -69,6 +77,19 @@ class DemoFaceset:
     def truth_dir(self) -> Path:
         return self.root / "truth"
 
+    @property
+    def frames_dir(self) -> Path:
+        """Full frames of identity A (present when made with ``frames`` > 0; see demo.frames)."""
+        return self.root / "frames"
+
+    @property
+    def frames_aligned_dir(self) -> Path:
+        return self.root / "frames_aligned"
+
+    @property
+    def frames_truth_dir(self) -> Path:
+        return self.root / "frames_truth"
+
 
 def scene_for(seed: int, kind: int, name: str, index: int) -> Scene:
     """The scene of one file; its own generator makes every file independent of every other."""
@@ -76,12 +97,23 @@ def scene_for(seed: int, kind: int, name: str, index: int) -> Scene:
     return sample_scene(np.random.default_rng(key))
 
 
-def encode_face(face: RenderedFace, source_filename: str, path_for_errors: str) -> bytes:
-    """The complete DeepFaceLab JPEG (image + APP15 metadata) of a rendered face, in memory."""
+def encode_face(
+    face: RenderedFace,
+    source_filename: str,
+    path_for_errors: str,
+    image_to_face_mat: np.ndarray | None = None,
+) -> bytes:
+    """The complete DeepFaceLab JPEG (image + APP15 metadata) of a rendered face, in memory.
+
+    ``image_to_face_mat`` (frame -> crop) is recorded for faces cut out of a larger frame
+    (``torchsae.demo.frames``); source landmarks and rect are then in that frame's pixels.
+    """
     ok, jpeg = cv2.imencode(".jpg", face.image, [int(cv2.IMWRITE_JPEG_QUALITY), JPEG_QUALITY])
     if not ok:
         raise TorchSAEError(f"{path_for_errors}: OpenCV could not encode the JPEG")
     lm = face.landmarks.astype(np.float32)
+    mat = np.array([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]]) if image_to_face_mat is None else image_to_face_mat
+    src_lm = lm if image_to_face_mat is None else transform_points(lm, mat, invert=True).astype(np.float32)
     meta = DFLMeta(
         has_metadata=True,
         face_type="whole_face",
@@ -89,15 +121,15 @@ def encode_face(face: RenderedFace, source_filename: str, path_for_errors: str) 
         source_filename=source_filename,
         source_rect=np.array(
             [
-                np.floor(lm[:, 0].min()),
-                np.floor(lm[:, 1].min()),
-                np.ceil(lm[:, 0].max()),
-                np.ceil(lm[:, 1].max()),
+                np.floor(src_lm[:, 0].min()),
+                np.floor(src_lm[:, 1].min()),
+                np.ceil(src_lm[:, 0].max()),
+                np.ceil(src_lm[:, 1].max()),
             ],
             dtype=np.int64,
         ),
-        source_landmarks=lm.copy(),
-        image_to_face_mat=np.array([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]]),
+        source_landmarks=src_lm.copy(),
+        image_to_face_mat=np.asarray(mat, dtype=np.float64),
         xseg_mask_buf=encode_xseg_mask(face.xseg_mask(XSEG_SIZE)),
     )
     return meta_into_bytes(jpeg.tobytes(), meta, path_for_errors)
@@ -140,17 +172,35 @@ def _run(func, jobs: list, workers: int) -> list:
         return pool.map(func, jobs, chunksize=max(1, len(jobs) // (4 * workers)))
 
 
-def _check_target(root: Path, params: dict, overwrite: bool) -> bool:
-    """True when ``root`` already holds exactly this faceset; raise when it holds something else."""
+def _faces_only(params: dict) -> dict:
+    return {key: value for key, value in params.items() if key != "frames"}
+
+
+def _check_target(root: Path, params: dict, overwrite: bool) -> str:
+    """``"same"`` when ``root`` already holds exactly this faceset, ``"frames"`` when it holds the same
+    faces with other (or no) frames (only the frames are then redone), ``"new"`` when it is empty or
+    was cleared; raise when it holds something else."""
     stamp = root / STAMP
     if stamp.is_file() and not overwrite:
         try:
-            if json.loads(stamp.read_text("utf-8")) == params:
-                return True
+            stored = json.loads(stamp.read_text("utf-8"))
         except (OSError, ValueError):
-            pass
-    folders = [root / name for name in (*params["identities"], "truth")]
-    for folder in folders:
+            stored = None
+        if stored == params:
+            return "same"
+        if isinstance(stored, dict) and _faces_only(stored) == _faces_only(params):
+            _clear(root, FRAME_FOLDERS, overwrite=True)
+            stamp.unlink(missing_ok=True)
+            return "frames"
+    _clear(root, (*params["identities"], "truth", *FRAME_FOLDERS), overwrite)
+    stamp.unlink(missing_ok=True)  # written again only once the new faceset is complete
+    return "new"
+
+
+def _clear(root: Path, names, overwrite: bool) -> None:
+    """Delete our own generated files in ``root/<names>``; raise on foreign files (or any, without
+    ``overwrite``)."""
+    for folder in (root / name for name in names):
         if not folder.is_dir():
             continue
         files = [p for p in folder.iterdir() if not p.name.startswith(".")]
@@ -166,8 +216,6 @@ def _check_target(root: Path, params: dict, overwrite: bool) -> bool:
             )
         for p in files:  # only our own generated names, so a smaller count leaves no stale faces behind
             p.unlink()
-    stamp.unlink(missing_ok=True)  # written again only once the new faceset is complete
-    return False
 
 
 def make_demo_faceset(
@@ -178,12 +226,14 @@ def make_demo_faceset(
     truth_count: int | None = None,
     workers: int = 1,
     overwrite: bool = False,
+    frames: int = 0,
 ) -> DemoFaceset:
     """Render ``count`` faces per identity and ``truth_count`` held-out pairs into ``out_dir``.
 
     ``truth_count`` defaults to min(count, 32). Identities "A" and "B" are fixed presets; other names
     get a person derived from the name. Re-running with the same arguments reuses a complete folder;
-    a folder holding a different demo faceset is replaced only with ``overwrite=True``.
+    a folder holding a different demo faceset is replaced only with ``overwrite=True``. ``frames`` > 0
+    also writes that many full frames with their aligned faces and truth (``torchsae.demo.frames``).
     """
     if len(identities) != 2 or identities[0] == identities[1]:
         raise TorchSAEError(f"identities {tuple(identities)!r}: need two different names (A and B)")
@@ -207,10 +257,30 @@ def make_demo_faceset(
         "seed": int(seed),
         "identities": list(names),
     }
+    if frames < 0:
+        raise TorchSAEError(f"frames {frames}: must be 0 or more")
+    if frames:  # absent when 0, so the stamp of a faceset without frames is unchanged
+        params["frames"] = int(frames)
     result = DemoFaceset(root, names, int(count), truth_count, int(seed), 0.0)
-    if _check_target(root, params, overwrite):
+    state = _check_target(root, params, overwrite)
+    if state == "same":
         return result
     start = time.perf_counter()
+    if state == "new":
+        _write_faces(root, names, int(seed), int(count), truth_count, workers)
+    if frames:
+        for name in FRAME_FOLDERS:
+            (root / name).mkdir(parents=True, exist_ok=True)
+        items = _run(frame_item, [(root, int(seed), names, i) for i in range(frames)], workers)
+        write_frames_manifest(root, int(seed), names, items)
+    atomic_write_text(root / STAMP, json.dumps(params, indent=1))
+    return DemoFaceset(root, names, int(count), truth_count, int(seed), time.perf_counter() - start)
+
+
+def _write_faces(
+    root: Path, names: tuple[str, str], seed: int, count: int, truth_count: int, workers: int
+) -> None:
+    """The A and B facesets and the truth pairs (everything but the frames)."""
     jobs = [(root / name, int(seed), name, i) for name in names for i in range(count)]
     for name in names:
         (root / name).mkdir(parents=True, exist_ok=True)
@@ -230,5 +300,3 @@ def make_demo_faceset(
         "items": items,
     }
     atomic_write_text(truth / "manifest.json", json.dumps(manifest, indent=1))
-    atomic_write_text(root / STAMP, json.dumps(params, indent=1))
-    return DemoFaceset(root, names, int(count), truth_count, int(seed), time.perf_counter() - start)

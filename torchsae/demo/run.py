@@ -1,4 +1,5 @@
-"""The end-to-end demo behind ``make demo`` / ``torchsae demo``: faceset -> training -> export -> score.
+"""The end-to-end demo behind ``make demo`` / ``torchsae demo``: faceset -> training -> export -> score
+-> merge (the swap pasted back into full frames, and a short video when imageio-ffmpeg is installed).
 
 What it shows on a laptop CPU in a few minutes: the real pipeline (DeepFaceLab-format JPEGs with XSeg
 masks, the side index, DeepFaceLab's augmentation), the real trainer (checkpoints, previews, resume),
@@ -22,7 +23,13 @@ from torch import nn
 
 from torchsae.config import Config, ModelConfig
 from torchsae.demo.faceset import make_demo_faceset
-from torchsae.demo.score import SwapScore, format_scores, no_swap_score, swap_score
+from torchsae.demo.score import (
+    SwapScore,
+    format_scores,
+    merged_frames_score,
+    no_swap_score,
+    swap_score,
+)
 from torchsae.export.source import load_model_for_export
 from torchsae.fileio import atomic_write_text
 from torchsae.models.registry import build_model
@@ -39,6 +46,8 @@ DEMO_MODEL = {
     "d_mask_dims": 8,
 }
 DEMO_BATCH = 8
+DEMO_FRAMES = 12  # full frames (two with two faces, two without) merged at the end, and a short video
+DEMO_FPS = 6.0
 
 
 def demo_config(run_dir: Path, faceset_root: Path, steps: int, seed: int, resolution: int) -> Config:
@@ -78,6 +87,52 @@ def export_if_available(model: nn.Module, config: Config, step: int, output: Pat
     return f"exported {result.path} ({result.size_bytes / 2**20:.1f} MiB), verified with ONNX Runtime"
 
 
+def merge_demo_frames(checkpoint: Path, faceset, out: Path) -> dict:
+    """``torchsae merge`` on the demo frames: ``out/merged/`` (+ ``out/merged.mp4`` with imageio-ffmpeg),
+    scored against the truth frames inside the face mask."""
+    from torchsae.merge import MergeOptions
+    from torchsae.merge.model import load_swapper
+    from torchsae.merge.run import merge_frames
+
+    try:
+        import imageio_ffmpeg  # noqa: F401
+
+        video = out / "merged.mp4"
+    except ImportError:
+        video = None
+    swapper = load_swapper(checkpoint, device="cpu")
+    # DeepFaceLab's defaults, plus a blurred edge of 1/16 of the face crop
+    options = MergeOptions(blur_mask_modifier=max(1, swapper.resolution // 16))
+    report = merge_frames(
+        swapper,
+        faceset.frames_dir,
+        faceset.frames_aligned_dir,
+        out / "merged",
+        options,
+        batch_size=DEMO_BATCH,
+        overwrite=True,
+        to_video=video,
+        fps=DEMO_FPS,
+        progress=False,
+    )
+    merged = merged_frames_score(out / "merged", faceset.frames_truth_dir)
+    untouched = merged_frames_score(faceset.frames_dir, faceset.frames_truth_dir)
+    summary = f"{report.summary()}; vs truth frames: {merged} (frames as they were: {untouched})"
+    if video is None:
+        summary += "; no video (pip install 'torchsae[video]')"
+    return {
+        "frames": report.frames,
+        "faces": report.faces,
+        "frames_per_second": round(report.frames_per_second, 2),
+        "psnr": merged.psnr,
+        "ssim": merged.ssim,
+        "unmerged_psnr": untouched.psnr,
+        "unmerged_ssim": untouched.ssim,
+        "video": None if video is None else str(video),
+        "summary": summary,
+    }
+
+
 def run_demo(out: Path, count: int = 256, steps: int = 300, seed: int = 0, resolution: int = 128) -> dict:
     """Make the faceset, train, export and score; print a summary and write ``out/score.json``.
 
@@ -88,11 +143,13 @@ def run_demo(out: Path, count: int = 256, steps: int = 300, seed: int = 0, resol
     out = Path(out)
     start = time.perf_counter()
     faceset_root = out / "faceset"
-    print(f"[1/4] synthetic faceset: {count} faces per side in {faceset_root}")
-    faceset = make_demo_faceset(faceset_root, count, seed=seed, workers=max(1, os.cpu_count() or 1))
+    print(f"[1/5] synthetic faceset: {count} faces per side, {DEMO_FRAMES} frames in {faceset_root}")
+    faceset = make_demo_faceset(
+        faceset_root, count, seed=seed, workers=max(1, os.cpu_count() or 1), frames=DEMO_FRAMES
+    )
     cfg = demo_config(out, faceset_root, steps, seed, resolution)
 
-    print(f"[2/4] training {cfg.model.archi} {resolution}px for {steps} steps on the CPU (run folder {out})")
+    print(f"[2/5] training {cfg.model.archi} {resolution}px for {steps} steps on the CPU (run folder {out})")
     before = swap_score(untrained_model(cfg), faceset.truth_dir)
     resume = find_last_checkpoint(out)
     train_start = time.perf_counter()
@@ -104,11 +161,11 @@ def run_demo(out: Path, count: int = 256, steps: int = 300, seed: int = 0, resol
     checkpoint = find_last_checkpoint(out)
     model, model_cfg, step = load_model_for_export(checkpoint)
 
-    print("[3/4] export")
+    print("[3/5] export")
     onnx_note = export_if_available(model, model_cfg, step, out / "models" / "swap.onnx")
     print(f"      {onnx_note}")
 
-    print("[4/4] swap score against the held-out truth pairs")
+    print("[4/5] swap score against the held-out truth pairs")
     after = swap_score(model, faceset.truth_dir)
     floor = no_swap_score(faceset.truth_dir, resolution)
     rows: dict[str, SwapScore] = {
@@ -117,6 +174,9 @@ def run_demo(out: Path, count: int = 256, steps: int = 300, seed: int = 0, resol
         f"trained model (step {step})": after,
     }
     print(format_scores(rows))
+    print("[5/5] merge: the swap pasted back into full frames")
+    merge = merge_demo_frames(checkpoint, faceset, out)
+    print(f"      {merge['summary']}")
     summary = {
         "steps": step,
         "resolution": resolution,
@@ -130,8 +190,10 @@ def run_demo(out: Path, count: int = 256, steps: int = 300, seed: int = 0, resol
         "skipped_steps": result.skipped_steps,
         "scores": {label: {"psnr": s.psnr, "ssim": s.ssim, "pairs": s.samples} for label, s in rows.items()},
         "export": onnx_note,
+        "merge": merge,
     }
     atomic_write_text(out / "score.json", json.dumps(summary, indent=2))
+    print(f"merged frames: {out / 'merged'}" + (f"   video: {merge['video']}" if merge["video"] else ""))
     print(
         f"previews: {out / 'logs' / 'previews'}   checkpoints: {out / 'models'}   scores: {out / 'score.json'}"
     )

@@ -139,3 +139,39 @@ def format_scores(rows: dict[str, SwapScore]) -> str:
         psnr = "inf" if math.isinf(score.psnr) else f"{score.psnr:.2f}"
         lines.append(f"{label:<{width}}   {psnr:>17}   {score.ssim:>13.4f}")
     return "\n".join(lines)
+
+
+def load_frame_truth(frames_truth_dir: str | Path) -> list[dict]:
+    """The items of a demo ``frames_truth/manifest.json`` (see ``torchsae.demo.frames``)."""
+    manifest = Path(frames_truth_dir) / "manifest.json"
+    try:
+        return json.loads(manifest.read_text())["items"]
+    except (OSError, ValueError, KeyError) as exc:
+        raise TorchSAEError(f"{manifest}: not a demo frames manifest ({exc})") from exc
+
+
+def merged_frames_score(merged_dir: str | Path, frames_truth_dir: str | Path) -> SwapScore:
+    """Merged frames against the truth frames (the same scenes rendered as B), inside the truth mask.
+
+    Only frames that hold a face count; PSNR and SSIM as :func:`score_images`, at full frame size.
+    """
+    merged_dir, truth_dir = Path(merged_dir), Path(frames_truth_dir)
+    preds, truths, masks = [], [], []
+    for item in load_frame_truth(truth_dir):
+        if not item["faces"]:
+            continue
+        images = []
+        for path in (merged_dir / item["frame"], truth_dir / item["frame"]):
+            image = cv2.imread(str(path), cv2.IMREAD_COLOR)
+            if image is None:
+                raise TorchSAEError(f"{path}: missing or unreadable frame")
+            images.append(torch.from_numpy(image).permute(2, 0, 1).float() / 255.0)
+        mask = cv2.imread(str(truth_dir / item["mask"]), cv2.IMREAD_GRAYSCALE)
+        if mask is None:
+            raise TorchSAEError(f"{truth_dir / item['mask']}: unreadable truth mask")
+        preds.append(images[0])
+        truths.append(images[1])
+        masks.append(torch.from_numpy(mask).float()[None] / 255.0)
+    if not preds:
+        raise TorchSAEError(f"{truth_dir}: no frame with a face to score")
+    return score_images(torch.stack(preds), torch.stack(truths), torch.stack(masks))

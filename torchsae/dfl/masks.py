@@ -2,9 +2,9 @@
 training resolution.
 
 Why here and not in the data pipeline: the side index (``pipelines.index``) computes these once per
-file on the CPU, and every backend then gathers them from the index. :func:`full_face_mask_at` and
-:func:`eyes_mouth_mask_at` are the one implementation of "mask of this file at resolution R"; they
-follow DeepFaceLab's ``SampleProcessor`` (spec §5) so a faceset trains on the masks DeepFaceLab
+file on the CPU, and every backend then gathers them from the index. :func:`face_masks_at` is the
+one implementation of "masks of this file at resolution R" (the index, previews and the merger use
+it); it follows DeepFaceLab's ``SampleProcessor`` (spec §5) so a faceset trains on the masks DeepFaceLab
 would give it.
 """
 
