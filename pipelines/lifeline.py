@@ -23,7 +23,8 @@ import signal
 import sys
 import threading
 import time
-from pathlib import Path
+
+from torchsae.process import pid_alive
 
 PR_SET_PDEATHSIG = 1
 POLL_S = 1.0
@@ -40,39 +41,11 @@ def die_with_parent() -> bool:
         return False
 
 
-def _alive(pid: int) -> bool:
-    stat = Path(f"/proc/{pid}/stat")
-    if stat.parent.parent.is_dir() and Path("/proc/self/stat").exists():  # Linux: a zombie is dead too
-        try:
-            return stat.read_text().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
-        except (OSError, IndexError):
-            return False
-    try:
-        import psutil  # type: ignore[import-not-found]
-
-        if not psutil.pid_exists(pid):
-            return False
-        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
-    except ImportError:
-        pass
-    except Exception:  # psutil.NoSuchProcess between the two calls
-        return False
-    if os.name != "posix":
-        return True  # no safe probe without psutil (os.kill(pid, 0) terminates on Windows)
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def watch_trainer(trainer_pid: int) -> None:
     """Start a daemon thread that ends this process once ``trainer_pid`` no longer exists."""
 
     def watch() -> None:
-        while _alive(trainer_pid):
+        while pid_alive(trainer_pid):
             time.sleep(POLL_S)
         os._exit(0)
 
@@ -82,7 +55,7 @@ def watch_trainer(trainer_pid: int) -> None:
 def tie_worker(trainer_pid: int) -> None:
     """In a data worker: die with the parent (the fork server) and with the trainer."""
     die_with_parent()
-    if not _alive(trainer_pid):
+    if not pid_alive(trainer_pid):
         os._exit(0)
     watch_trainer(trainer_pid)
 

@@ -21,6 +21,7 @@ from pathlib import Path
 import torch
 
 from torchsae.errors import TorchSAEError
+from torchsae.process import pid_alive
 from torchsae.train.dist import DistInfo
 
 LOCK_NAME = ".torchsae.lock"
@@ -31,34 +32,6 @@ DEAD_HOLDER_WAIT_S = 30.0  # the recorded holder is gone: its children may still
 
 class RunLockError(TorchSAEError):
     """Another training holds the run folder."""
-
-
-def _pid_alive(pid: int) -> bool:
-    stat = Path(f"/proc/{pid}/stat")
-    if stat.parent.parent.is_dir() and Path("/proc/self/stat").exists():  # Linux: a zombie is dead too
-        try:
-            return stat.read_text().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
-        except (OSError, IndexError):
-            return False
-    try:
-        import psutil  # type: ignore[import-not-found]
-
-        if not psutil.pid_exists(pid):
-            return False
-        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
-    except ImportError:
-        pass
-    except Exception:  # psutil.NoSuchProcess between the two calls
-        return False
-    if os.name != "posix":
-        return True  # unknown: assume alive (os.kill(pid, 0) would terminate it on Windows)
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def _read_holder(pid_file: Path) -> tuple[int | None, str]:
@@ -92,7 +65,7 @@ def run_folder_lock(run_dir: str | Path) -> Iterator[None]:
     pid_file = run_dir / PID_NAME
     lock = FileLock(str(run_dir / LOCK_NAME))
     pid, _ = _read_holder(pid_file)
-    wait = DEAD_HOLDER_WAIT_S if pid is not None and pid != os.getpid() and not _pid_alive(pid) else 0
+    wait = DEAD_HOLDER_WAIT_S if pid is not None and pid != os.getpid() and not pid_alive(pid) else 0
     try:
         lock.acquire(timeout=max(wait, LIVE_HOLDER_WAIT_S))
     except Timeout:
