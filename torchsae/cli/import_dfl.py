@@ -61,10 +61,7 @@ def import_dfl_cmd(folder: Path, model_name: str | None, output: Path, force: bo
         result = import_dfl_model(folder, output, model_name)
     except TorchSAEError as exc:
         raise click.ClickException(str(exc)) from exc
-    for line in result.warnings:
-        click.echo(f"Warning: {line}", err=True)
-    for line in result.notes:
-        click.echo(f"Note: {line}", err=True)
+    _echo_messages(result.warnings, result.notes)
     cfg = result.config
     click.echo(
         f"wrote {result.output}: {result.model_name} {cfg.model.archi} {cfg.model.resolution}px "
@@ -77,6 +74,14 @@ def import_dfl_cmd(folder: Path, model_name: str | None, output: Path, force: bo
     click.echo(
         f"continue with: torchsae train --resume {result.output} --data-dir-a DST_FACES --data-dir-b SRC_FACES"
     )
+
+
+def _echo_messages(warnings: list[str], notes: list[str]) -> None:
+    """A conversion's warnings (something changed or was dropped) and notes (for information), on stderr."""
+    for line in warnings:
+        click.echo(f"Warning: {line}", err=True)
+    for line in notes:
+        click.echo(f"Note: {line}", err=True)
 
 
 @click.command("export-dfl")
@@ -113,10 +118,7 @@ def export_dfl_cmd(checkpoint: Path, output: Path, model_name: str | None, force
         result = export_dfl_model(checkpoint, output, model_name, force=force)
     except TorchSAEError as exc:
         raise click.ClickException(str(exc)) from exc
-    for line in result.warnings:
-        click.echo(f"Warning: {line}", err=True)
-    for line in result.notes:
-        click.echo(f"Note: {line}", err=True)
+    _echo_messages(result.warnings, result.notes)
     cfg = result.config
     click.echo(
         f"wrote DeepFaceLab model {result.model_name!r} in {result.folder}: {cfg.model.archi} "
