@@ -16,12 +16,14 @@ differs across ranks. Parameters are drawn on the CPU and moved, so CPU and GPU 
 Separate streams for geometry, HSV and colour transfer keep e.g. the geometry of a run unchanged when
 ``random_hsv_power`` is switched on.
 
-Per DeepFaceLab, HSV shift and colour transfer act on side B (src) only; flips default to on for A
-(dst) and off for B (``DataConfig.random_flip_a/b``).
+What each side gets is its ``pipelines.sides.DataSide`` policy (flip, warp, HSV power, colour-transfer
+source). For SAEHD (``pipelines.sides.saehd_sides``), per DeepFaceLab, HSV shift and colour transfer act
+on side B (src) only; flips default to on for A (dst) and off for B (``DataConfig.random_flip_a/b``).
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import replace
 
 import torch
@@ -29,10 +31,11 @@ import torch.nn.functional as F
 
 from pipelines.color import CT_MODES, apply_hsv_shift, color_transfer, hsv_shift_amounts
 from pipelines.cpu_sampler import opencv_geometry
+from pipelines.sides import SAEHD_SIDE_NAMES, DataSide, check_sides, saehd_sides
 from pipelines.warp import MIN_WORK_RES, WarpParams, sample_warp_params, sampling_grids
 from torchsae.config import DataConfig
 
-SIDES = ("a", "b")
+SIDES = SAEHD_SIDE_NAMES  # the side names generator_for also takes (as keys 0 and 1)
 SAMPLERS = ("auto", "torch", "opencv")
 STREAM_GEOMETRY, STREAM_HSV, STREAM_COLOR = 0, 1, 2
 _MASK64 = (1 << 64) - 1
@@ -47,13 +50,17 @@ def _splitmix64(value: int) -> int:
 
 
 def generator_for(
-    seed: int, step: int, rank: int, side: str, stream: int = STREAM_GEOMETRY
+    seed: int, step: int, rank: int, side: str | int, stream: int = STREAM_GEOMETRY
 ) -> torch.Generator:
-    """A CPU generator keyed by (seed, step, rank, side, stream); same key, same draws, anywhere."""
-    if side not in SIDES:
-        raise ValueError(f"side must be 'a' or 'b', got {side!r}")
+    """A CPU generator keyed by (seed, step, rank, side, stream); same key, same draws, anywhere.
+
+    ``side``: a side's ``DataSide.key``, or SAEHD's ``"a"`` / ``"b"`` (keys 0 and 1)."""
+    if isinstance(side, str):
+        if side not in SIDES:
+            raise ValueError(f"side must be 'a' or 'b' (or a side key), got {side!r}")
+        side = SIDES.index(side)
     state = 0
-    for part in (seed, step, rank, SIDES.index(side), stream):
+    for part in (seed, step, rank, side, stream):
         state = _splitmix64(state ^ (int(part) & _MASK64))
     return torch.Generator(device="cpu").manual_seed(state & ((1 << 63) - 1))
 
@@ -124,11 +131,12 @@ def _to_unit(x: torch.Tensor) -> torch.Tensor:
 
 
 class Augmenter:
-    """SAEHD's per-side augmentation; call once per side per step.
+    """Per-side augmentation; call once per side per step.
 
-    Options come from ``data_cfg`` (random_warp, random_flip_a/b, random_hsv_power, ct_mode); while
-    pretraining the trainer passes the effective config's (``train.pretrain.effective_config``).
-    HSV and colour transfer always apply to side B only.
+    Each side's policy is its ``DataSide`` in ``sides``; by default SAEHD's A/B from ``data_cfg``
+    (``pipelines.sides.saehd_sides``: random_warp, random_flip_a/b, and random_hsv_power and ct_mode
+    on side B only); while pretraining the trainer passes the effective config's
+    (``train.pretrain.effective_config``).
     ``sampler``: ``auto`` resamples CPU batches with OpenCV and device batches with ``grid_sample``;
     ``torch`` or ``opencv`` force one (``opencv`` needs CPU tensors).
     """
@@ -136,27 +144,31 @@ class Augmenter:
     def __init__(
         self,
         resolution: int,
-        data_cfg: DataConfig,
+        data_cfg: DataConfig | None,
         seed: int,
         *,
         sampler: str = "auto",
+        sides: Sequence[DataSide] | None = None,
     ) -> None:
         self.resolution = int(resolution)
         self.seed = int(seed)
-        self.flip = {"a": data_cfg.random_flip_a, "b": data_cfg.random_flip_b}
-        self.random_warp = data_cfg.random_warp
-        self.hsv_power = float(data_cfg.random_hsv_power)
-        self.ct_mode = data_cfg.ct_mode
-        if self.ct_mode not in CT_MODES:
-            raise ValueError(f"ct_mode {self.ct_mode!r}: must be one of {', '.join(CT_MODES)}")
+        if sides is None:
+            if data_cfg is None:
+                raise ValueError("Augmenter needs data_cfg or sides")
+            sides = saehd_sides(data_cfg)
+        self.sides = {side.name: side for side in check_sides(sides)}
+        for side in self.sides.values():
+            if side.ct_mode not in CT_MODES:
+                raise ValueError(f"ct_mode {side.ct_mode!r}: must be one of {', '.join(CT_MODES)}")
         if sampler not in SAMPLERS:
             raise ValueError(f"sampler {sampler!r}: must be one of {', '.join(SAMPLERS)}")
         self.sampler = sampler
 
     def params(self, n: int, *, step: int, rank: int, side: str) -> WarpParams:
         """The geometric draw that ``__call__`` uses for this key (CPU tensors)."""
-        gen = generator_for(self.seed, step, rank, side, STREAM_GEOMETRY)
-        return sample_warp_params(n, self.resolution, gen, flip=self.flip[side])
+        policy = self.sides[side]
+        gen = generator_for(self.seed, step, rank, policy.key, STREAM_GEOMETRY)
+        return sample_warp_params(n, self.resolution, gen, flip=policy.flip)
 
     def __call__(
         self,
@@ -169,8 +181,8 @@ class Augmenter:
         ct_reference: torch.Tensor | None = None,
     ) -> dict[str, torch.Tensor]:
         """Augment one side's batch. ``images`` uint8 [n, 3, R, R] BGR, ``masks`` uint8 [n, 2, R, R]
-        (full face, eyes-mouth), ``ct_reference`` uint8 [m, 3, R, R] A faces (needed on side B when
-        ct_mode is set). Returns float32 ``warped``, ``target`` [n, 3, R, R] and ``mask``, ``em``
+        (full face, eyes-mouth), ``ct_reference`` uint8 [m, 3, R, R] faces of the side's ``ct_source``
+        (needed where the side has colour transfer: SAEHD's B, A faces, when ct_mode is set). Returns float32 ``warped``, ``target`` [n, 3, R, R] and ``mask``, ``em``
         [n, 1, R, R], all in [0, 1], on the images' device.
         """
         n, channels, height, width = images.shape
@@ -184,17 +196,19 @@ class Augmenter:
         # OpenCV takes uint8 as is (scaled once at the end); grid_sample needs float in [0, 1]
         image = images if use_opencv else _to_unit(images)
         mask = masks if use_opencv else _to_unit(masks.to(images.device))
+        policy = self.sides[side]
         params = self.params(n, step=step, rank=rank, side=side)
-        if side == "b" and self.ct_mode != "none":
+        if policy.colour_transfer:
             if ct_reference is None or ct_reference.shape[0] == 0:
-                raise ValueError(f"ct_mode {self.ct_mode!r} needs ct_reference faces from side A")
-            gen = generator_for(self.seed, step, rank, side, STREAM_COLOR)
+                source = str(policy.ct_source).upper()
+                raise ValueError(f"ct_mode {policy.ct_mode!r} needs ct_reference faces from side {source}")
+            gen = generator_for(self.seed, step, rank, policy.key, STREAM_COLOR)
             pick = torch.randint(0, ct_reference.shape[0], (n,), generator=gen).to(ct_reference.device)
             reference = _to_unit(ct_reference[pick].to(images.device))
-            image = color_transfer(self.ct_mode, _to_unit(image), reference, gen)
+            image = color_transfer(policy.ct_mode, _to_unit(image), reference, gen)
         warped_source = image
-        if side == "b" and self.hsv_power > 0:
-            gen = generator_for(self.seed, step, rank, side, STREAM_HSV)
-            warped_source = apply_hsv_shift(_to_unit(image), hsv_shift_amounts(n, self.hsv_power, gen))
+        if policy.hsv_power > 0:
+            gen = generator_for(self.seed, step, rank, policy.key, STREAM_HSV)
+            warped_source = apply_hsv_shift(_to_unit(image), hsv_shift_amounts(n, policy.hsv_power, gen))
         geometry = opencv_geometry if use_opencv else apply_geometry
-        return geometry(image, mask, params, warp=self.random_warp, warped_source=warped_source)
+        return geometry(image, mask, params, warp=policy.warp, warped_source=warped_source)

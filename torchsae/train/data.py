@@ -29,21 +29,27 @@ def rank_train_stream(cfg: Config, info: DistInfo) -> Any:
 
 
 def make_preview_samples(cfg: Config, count: int, device: torch.device) -> dict[str, torch.Tensor]:
-    """``target_a, mask_a, target_b, mask_b`` for ``count`` fixed faces per side (BGR [0,1], NCHW)."""
+    """``target_x, mask_x`` for ``count`` fixed faces of each side ``x`` of ``pipelines.sides.data_sides``
+    (SAEHD: ``target_a, mask_a, target_b, mask_b``; BGR [0,1], NCHW)."""
+    from pipelines.sides import data_sides
+
     resolution = cfg.model.resolution
+    sides = data_sides(cfg)
     if cfg.data.backend == "synthetic":
         from pipelines.synthetic import synthetic_batch
 
-        batch = synthetic_batch(count, resolution, device, seed=cfg.train.seed)
-        return {key: batch[key] for key in ("target_a", "mask_a", "target_b", "mask_b")}
+        batch = synthetic_batch(count, resolution, device, cfg.train.seed, [side.name for side in sides])
+        return {
+            f"{key}_{side.name}": batch[f"{key}_{side.name}"] for side in sides for key in ("target", "mask")
+        }
 
     from pipelines.decode import decode_sample
     from pipelines.index import ensure_index
 
     out = {}
-    for side, folder in (("a", cfg.data.data_dir_a), ("b", cfg.data.data_dir_b)):
+    for side in sides:
         index = ensure_index(
-            folder,
+            side.data_dir,
             resolution,
             cfg.data.mask_policy,
             progress=False,
@@ -55,8 +61,10 @@ def make_preview_samples(cfg: Config, count: int, device: torch.device) -> dict[
         rows = np.array([row for row, _ in decoded], np.int64)
         images = np.stack([image for _, image in decoded])
         masks = index.gather_masks(rows)[:, :1]
-        out[f"target_{side}"] = torch.from_numpy(images).permute(0, 3, 1, 2).float().div(255.0).to(device)
-        out[f"mask_{side}"] = torch.from_numpy(masks).float().div(255.0).to(device)
+        out[f"target_{side.name}"] = (
+            torch.from_numpy(images).permute(0, 3, 1, 2).float().div(255.0).to(device)
+        )
+        out[f"mask_{side.name}"] = torch.from_numpy(masks).float().div(255.0).to(device)
     return out
 
 
