@@ -148,7 +148,7 @@ def test_repeated_non_finite_steps_restore_the_last_checkpoint(
     original_load = trainer._load_weights
 
     def spy(state, *args):
-        restored.append(int(state["step"]))
+        restored.append(int(state.step))
         return original_load(state, *args)
 
     monkeypatch.setattr(trainer, "_load_weights", spy)

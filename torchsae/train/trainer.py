@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import dataclasses
 import hashlib
 import json
 import os
@@ -183,19 +184,19 @@ def _train(
     rng_state = None
     imported_from = None  # a DeepFaceLab import's origin and options, kept for export-dfl
     if resume is not None:
-        state, reshaped = drop_reshaped_gan(ckpt.load_checkpoint(resume), cfg)
+        state, reshaped = drop_reshaped_gan(ckpt.read_checkpoint(resume), cfg)
         if reshaped:
             say(f"{resume}: the GAN discriminator's patch size or dims changed; it starts afresh")
         _load_weights(state, model, discs, optimizers, scaler, resume)
         left_pretrain = leaving_pretrain(state, cfg)
         if left_pretrain:  # new inters, step 0, and the stream of the real facesets from its start
             say(leave_pretrain(model, cfg, resume))
-            state = {**state, "step": 0, "metrics": None, "rng": None, "data": None}
-        step = int(state["step"])
-        metrics = state.get("metrics") or metrics
-        imported_from = state.get("imported_from")
-        rng_state = (state.get("rng") or {}).get(info.rank)
-        data_state = (state.get("data") or {}).get(info.rank)
+            state = dataclasses.replace(state, step=0, metrics=None, rng=None, data=None)
+        step = int(state.step)
+        metrics = state.metrics or metrics
+        imported_from = state.imported_from
+        rng_state = (state.rng or {}).get(info.rank)
+        data_state = (state.data or {}).get(info.rank)
         if data_state is not None:
             data.load_state_dict(data_state)
         if (rng_state is None or data_state is None) and not left_pretrain:
@@ -280,19 +281,18 @@ def _train(
             for path in paths:
                 lineage.record(path, at_step)
             return True
-        state = {
-            "step": at_step,
-            "config": cfg.to_dict(),
-            "model": model.state_dict(),
-            "optimizers": {name: opt.state_dict() for name, opt in optimizers.items()},
-            "discriminators": {name: d.state_dict() for name, d in discs.items()},
-            "scaler": scaler.state_dict(),
-            "rng": {rank: g["rng"] for rank, g in (gathered or {}).items()},
-            "data": {rank: g["data"] for rank, g in (gathered or {}).items()},
-            "metrics": at_metrics,
-        }
-        if imported_from is not None:
-            state["imported_from"] = imported_from
+        state = ckpt.TrainingCheckpoint(
+            step=at_step,
+            config=cfg.to_dict(),
+            model=model.state_dict(),
+            optimizers={name: opt.state_dict() for name, opt in optimizers.items()},
+            discriminators={name: d.state_dict() for name, d in discs.items()},
+            scaler=scaler.state_dict(),
+            rng={rank: g["rng"] for rank, g in (gathered or {}).items()},
+            data={rank: g["data"] for rank, g in (gathered or {}).items()},
+            metrics=at_metrics,
+            imported_from=imported_from,
+        )
         try:
             last_path = ckpt.save_training_checkpoint(
                 models_dir, state, cfg.train.keep, snapshot=snapshot, protect=protect
@@ -515,7 +515,7 @@ def _restore_before_streak(guard, lineage, restores, model, discs, optimizers, s
         return None
     for at_step, path in lineage.candidates_before(guard.streak_start):
         try:
-            state = ckpt.load_checkpoint(path)
+            state = ckpt.read_checkpoint(path)
         except ckpt.CheckpointError:
             continue
         _load_weights(state, model, discs, optimizers, scaler, path)
@@ -551,21 +551,21 @@ def _grad_norm(params: list[torch.Tensor], device: torch.device) -> torch.Tensor
     return torch.nn.utils.get_total_norm(grads, norm_type=2.0).float()
 
 
-def _load_weights(state: dict[str, Any], model, discs, optimizers, scaler, path: Path) -> None:
+def _load_weights(state: ckpt.TrainingCheckpoint, model, discs, optimizers, scaler, path: Path) -> None:
     """Model, discriminator, optimiser and scaler states from a checkpoint, with errors naming it."""
     try:
-        model.load_state_dict(state["model"])
+        model.load_state_dict(state.model)
         for name, disc in discs.items():
-            if name in (state.get("discriminators") or {}):
-                disc.load_state_dict(state["discriminators"][name])
+            if name in (state.discriminators or {}):
+                disc.load_state_dict(state.discriminators[name])
         for name, opt in optimizers.items():
-            if name in (state.get("optimizers") or {}):
-                opt.load_state_dict(state["optimizers"][name])
+            if name in (state.optimizers or {}):
+                opt.load_state_dict(state.optimizers[name])
     except (RuntimeError, ValueError, KeyError) as exc:
         first = str(exc).strip().splitlines()[0]
         raise ckpt.CheckpointError(f"{path}: does not fit this model/optimiser ({first})") from exc
-    if state.get("scaler") and scaler.is_enabled():
-        scaler.load_state_dict(state["scaler"])
+    if state.scaler and scaler.is_enabled():
+        scaler.load_state_dict(state.scaler)
 
 
 def _log(logger, info, step, sums, count, lr, grad_norm, metrics, device, extra=None) -> None:
