@@ -1053,12 +1053,12 @@ def run_training(
     ctx: Context, run: str, flags: dict, model_size: int | None, nan_steps: tuple[int, ...] = ()
 ) -> dict:
     """``torchsae train`` (the CLI's own config resolution and trainer) in this process, timed."""
-    from unittest import mock
-
     import torch
 
     from torchsae.train import trainer
     from torchsae.train.checkpoint import find_last_checkpoint, load_checkpoint
+    from torchsae.train.data import rank_train_stream
+    from torchsae.train.hooks import TrainHooks
     from torchsae.train.runconfig import resolve_run_config
 
     run_dir = ctx.work / "runs" / run
@@ -1086,11 +1086,10 @@ def run_training(
     flags["train"].setdefault("preview_interval", steps)
     flags["train"].setdefault("save_interval", steps)
     config, _ = resolve_run_config(flags, model_size=model_size)
-    original = trainer.rank_train_stream
     holder: dict[str, TimedStream] = {}
 
-    def timed(cfg, info):
-        holder["stream"] = TimedStream(original(cfg, info), nan_steps)
+    def timed(cfg, info):  # the trainer's own stream, timed, with NaN batches injected
+        holder["stream"] = TimedStream(rank_train_stream(cfg, info), nan_steps)
         return holder["stream"]
 
     dev = torch.device(ctx.plan.device)
@@ -1098,11 +1097,8 @@ def run_training(
         torch.cuda.reset_peak_memory_stats(dev)
     printed = io.StringIO()
     start = time.perf_counter()
-    with (
-        mock.patch.object(trainer, "rank_train_stream", timed),
-        contextlib.redirect_stdout(_Tee(sys.stdout, printed)),
-    ):
-        result = trainer.train(config)
+    with contextlib.redirect_stdout(_Tee(sys.stdout, printed)):
+        result = trainer.train(config, hooks=TrainHooks(open_stream=timed))
     wall = time.perf_counter() - start
     row: dict[str, Any] = {
         "run": run,

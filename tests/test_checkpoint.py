@@ -31,7 +31,8 @@ def test_round_trip_keeps_every_key(tmp_path: Path) -> None:
     path = tmp_path / "models" / "last.pth"
     ck.save_checkpoint(path, _state(7, 2.5))
     loaded = ck.load_checkpoint(path)
-    assert loaded["format"] == "torchsae-checkpoint" and loaded["version"] == 1
+    assert loaded["format"] == "torchsae-checkpoint" and loaded["version"] == 2
+    assert loaded["task"] == "saehd"
     assert loaded["step"] == 7
     assert torch.equal(loaded["model"]["layer.weight"], torch.full((2, 3), 2.5))
     assert torch.equal(loaded["data"][0]["order"], torch.arange(5))
@@ -153,3 +154,57 @@ def test_mmap_load_gives_the_same_state(tmp_path: Path) -> None:
     mapped = ck.load_checkpoint(path, mmap=True)
     assert mapped["config"] == ck.load_checkpoint(path)["config"]
     assert torch.equal(mapped["model"]["layer.weight"], torch.full((2, 3), 1.5))
+
+
+def _version_1_files(tmp_path: Path) -> dict[str, Path]:
+    """Files as the version-1 writers left them: a trainer save and a DeepFaceLab import."""
+    trainer_save = {"format": ck.FORMAT, "version": 1, **_state(12, 0.5), "scaler": {}}
+    imported = {
+        "format": ck.FORMAT,
+        "version": 1,
+        "step": 40,
+        "config": {"model": {"archi": "liae-ud"}},
+        "model": {"w": torch.ones(2)},
+        "optimizers": {},
+        "discriminators": {},
+        "metrics": {"skipped_steps": 0, "history": {"loss_a": [], "loss_b": []}},
+        "imported_from": {"format": "deepfacelab-saehd", "folder": "/dfl/model", "model_name": "m"},
+    }
+    paths = {"trainer": tmp_path / "v1_train.pth", "import": tmp_path / "v1_import.pth"}
+    torch.save(trainer_save, paths["trainer"])
+    torch.save(imported, paths["import"])
+    return paths
+
+
+def test_version_1_files_are_migrated_on_load(tmp_path: Path) -> None:
+    paths = _version_1_files(tmp_path)
+    trained = ck.read_checkpoint(paths["trainer"])
+    assert trained.source_version == 1 and trained.task == "saehd" and trained.step == 12
+    assert torch.equal(trained.model["layer.weight"], torch.full((2, 3), 0.5))
+    assert trained.rng is not None and trained.data[0]["epoch"] == 3 and trained.scaler == {}
+    imported = ck.load_checkpoint(paths["import"])
+    assert imported["version"] == 2 and imported["task"] == "saehd" and imported["step"] == 40
+    assert imported["imported_from"]["folder"] == "/dfl/model" and "rng" not in imported
+    # written again, a migrated file is a version-2 file with the same entries
+    again = tmp_path / "again.pth"
+    ck.write_checkpoint(again, trained)
+    raw = torch.load(again, weights_only=True)
+    assert raw["version"] == 2 and raw["step"] == 12 and set(raw) == set(ck.load_checkpoint(paths["trainer"]))
+
+
+def test_unknown_versions_and_entries_are_refused(tmp_path: Path) -> None:
+    future = tmp_path / "future.pth"
+    torch.save({"format": ck.FORMAT, "version": 3, "step": 0, "config": {}, "model": {}}, future)
+    with pytest.raises(
+        ck.CheckpointError, match="future.pth: checkpoint version 3, this TorchSAE reads 1, 2"
+    ):
+        ck.load_checkpoint(future)
+    odd = tmp_path / "odd.pth"
+    torch.save({"format": ck.FORMAT, "version": 2, "step": 0, "config": {}, "model": {}, "extra": 1}, odd)
+    with pytest.raises(ck.CheckpointError, match="odd.pth: checkpoint has unknown entries extra"):
+        ck.load_checkpoint(odd)
+    with pytest.raises(ck.CheckpointError, match="without model"):
+        ck.save_checkpoint(tmp_path / "x.pth", {"step": 1, "config": {}})
+    with pytest.raises(ck.CheckpointError, match="at step -1"):
+        ck.write_checkpoint(tmp_path / "x.pth", ck.TrainingCheckpoint(step=-1, config={}, model={}))
+    assert not (tmp_path / "x.pth").exists()

@@ -21,12 +21,13 @@ def faceset(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     return make_faceset(tmp_path_factory.mktemp("faces"), count=8)
 
 
-def _torchrun(faceset, run_dir: Path, *extra: str, env: dict[str, str], restarts: int = 0):
+def _torchrun(faceset, run_dir: Path, *extra: str, hooks: list[str], restarts: int = 0):
+    """torchrun with the tests' entry point: ``hooks`` are its own options (probe, injected failure)."""
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
-    cmd += [f"--max-restarts={restarts}", str(REPO / "launch" / "train.py")]
+    cmd += [f"--max-restarts={restarts}", str(REPO / "tests" / "helpers_train_hooks.py"), *hooks, "--"]
     cmd += ["--data-dir-a", str(faceset[0]), "--data-dir-b", str(faceset[1]), "--run-dir", str(run_dir)]
     cmd += [*TINY_FLAGS, *extra]
-    return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300, cwd=REPO)
+    return subprocess.run(cmd, env=subprocess_env(), capture_output=True, text=True, timeout=300, cwd=REPO)
 
 
 def _probes(folder: Path) -> dict[int, dict]:
@@ -49,10 +50,12 @@ def test_single_process_needs_no_process_group(monkeypatch: pytest.MonkeyPatch) 
 
 def test_two_ranks_train_identical_weights_on_different_samples(tmp_path: Path, faceset) -> None:
     probe = tmp_path / "probe"
-    env = subprocess_env(TORCHSAE_TEST_PROBE_DIR=str(probe))
     run = tmp_path / "run"
     proc = _torchrun(
-        faceset, run, "--max-steps", "4", "--save-interval", "2", "--preview-interval", "4", env=env
+        faceset,
+        run,
+        *("--max-steps", "4", "--save-interval", "2", "--preview-interval", "4"),
+        hooks=["--probe-dir", str(probe)],
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "x2: batch 2 per rank per side, global batch 4 per side" in proc.stdout
@@ -77,14 +80,18 @@ def test_two_ranks_train_identical_weights_on_different_samples(tmp_path: Path, 
 
 def test_a_rank_that_fails_once_is_restarted_and_the_run_finishes(tmp_path: Path, faceset) -> None:
     probe, marker = tmp_path / "probe", tmp_path / "failed_once"
-    env = subprocess_env(
-        TORCHSAE_TEST_PROBE_DIR=str(probe),
-        TORCHSAE_TEST_FAIL_AT_STEP="3",
-        TORCHSAE_TEST_FAIL_RANK="1",
-        TORCHSAE_TEST_FAIL_MARKER=str(marker),
-    )
+    hooks = [
+        "--probe-dir",
+        str(probe),
+        "--fail-at-step",
+        "3",
+        "--fail-rank",
+        "1",
+        "--fail-marker",
+        str(marker),
+    ]
     run = tmp_path / "run"
-    proc = _torchrun(faceset, run, "--max-steps", "5", "--save-interval", "2", env=env, restarts=1)
+    proc = _torchrun(faceset, run, "--max-steps", "5", "--save-interval", "2", hooks=hooks, restarts=1)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "simulated failure at step 3 on rank 1" in marker.read_text() + proc.stderr
     assert "Resuming from" in proc.stdout and "at step 2" in proc.stdout  # the automatic resume

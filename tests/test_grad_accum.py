@@ -24,6 +24,7 @@ from torchsae.models import SAEHD
 from torchsae.optim import AdaBelief, build_optimizer
 from torchsae.train import checkpoint as ck
 from torchsae.train import trainer as trainer_mod
+from torchsae.train.hooks import TrainHooks
 from torchsae.train.memory import MemoryPlan
 from torchsae.train.step import build_parts, g_step, split_batch, synthetic_batch
 
@@ -77,9 +78,9 @@ def _config(run_dir: Path, batch_size: int, grad_accum: int, lr_dropout: bool) -
 
 def _run(monkeypatch: pytest.MonkeyPatch, cfg: Config) -> StepRecord:
     """Train one update; the G optimiser's one step (its weights before and after, its gradients)."""
-    monkeypatch.setattr(trainer_mod, "rank_train_stream", lambda c, info: _FixedStream(c.train.batch_size))
+    hooks = TrainHooks(open_stream=lambda c, info: _FixedStream(c.train.batch_size))
     with record_optimizer_steps(AdaBelief) as steps:
-        trainer_mod.train(cfg)
+        trainer_mod.train(cfg, hooks=hooks)
     assert len(steps) == 1, f"{len(steps)} optimiser steps for one update"
     saved = ck.load_checkpoint(Path(cfg.train.run_dir) / "models" / "last.pth")["model"]
     names = [name for name, _ in SAEHD(cfg.model).named_parameters()]  # the optimiser's order

@@ -47,7 +47,7 @@ def test_run_folder_text(tmp_path: Path) -> None:
     result = CliRunner().invoke(main, ["info", "checkpoint", str(run)])
     assert result.exit_code == 0, result.output
     out = result.output
-    assert f"{run / 'models' / 'last.pth'}: step 3,000 (torchsae-checkpoint version 1)" in out
+    assert f"{run / 'models' / 'last.pth'}: step 3,000 (torchsae-checkpoint version 2)" in out
     assert "SAEHD liae-ud 128 px, face type wf" in out and "17 parameters" in out
     assert "A /faces/A, B /faces/B" in out
     assert "last losses  A 0.2500 (step 3000), B 0.1250 (step 3000)" in out
@@ -64,7 +64,7 @@ def test_json_and_file_targets(tmp_path: Path) -> None:
     )
     assert result.exit_code == 0, result.output
     doc = json.loads(result.output)
-    assert doc["step"] == 2000 and doc["version"] == 1 and doc["format"] == "torchsae-checkpoint"
+    assert doc["step"] == 2000 and doc["version"] == 2 and doc["format"] == "torchsae-checkpoint"
     assert doc["model"]["archi"] == "liae-ud" and doc["params"] == 17
     assert doc["losses"] == {"loss_a": [2000, 0.25], "loss_b": [2000, 0.125]}
     assert [c["step"] for c in doc["checkpoints"]["copies"]] == [2000, 3000]

@@ -290,7 +290,8 @@ def test_two_ranks_with_every_option(tmp_path: Path, faceset) -> None:
     probe = tmp_path / "probe"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
     cmd += [
-        str(REPO / "launch" / "train.py"),
+        str(REPO / "tests" / "helpers_train_hooks.py"),  # launch/train.py with the probe installed
+        *("--probe-dir", str(probe), "--"),
         "--data-dir-a",
         str(faceset[0]),
         "--data-dir-b",
@@ -300,8 +301,7 @@ def test_two_ranks_with_every_option(tmp_path: Path, faceset) -> None:
     cmd += ["--gan-power", "0.1", "--gan-patch-size", "8", "--gan-dims", "4", "--true-face-power", "0.01"]
     cmd += ["--face-style-power", "10", "--bg-style-power", "10", "--blur-out-mask", "--uniform-yaw"]
     cmd += ["--ct-mode", "rct", "--random-hsv-power", "0.05", "--lr-dropout", "--clipgrad"]
-    env = subprocess_env(TORCHSAE_TEST_PROBE_DIR=str(probe))
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600, cwd=REPO)
+    proc = subprocess.run(cmd, env=subprocess_env(), capture_output=True, text=True, timeout=600, cwd=REPO)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     digests = {json.loads((probe / f"rank{r}.json").read_text())["digest"] for r in (0, 1)}
     state = ck.load_checkpoint(tmp_path / "run/models/last.pth")

@@ -13,6 +13,7 @@ from test_train_support import make_faceset, subprocess_env, tiny_config, train_
 
 from torchsae.config import ModelConfig, preset
 from torchsae.train import report
+from torchsae.train.checkpoint import TrainingCheckpoint
 from torchsae.train.logging import TrainLogger
 from torchsae.train.trainer import train
 
@@ -85,10 +86,10 @@ def test_model_size_note_says_what_was_built() -> None:
 
 
 def test_stream_restart_note_tells_a_fresh_import_from_a_world_size_change() -> None:
-    imported = {"imported_from": {"folder": "/dfl/model"}, "rng": None, "data": None}
+    imported = TrainingCheckpoint(step=7, config={}, model={}, imported_from={"folder": "/dfl/model"})
     note = report.stream_restart_note(Path("m.pth"), imported, 0)
     assert "fresh import from DeepFaceLab (/dfl/model)" in note and "world size" not in note
-    two_ranks = {"rng": {0: {}, 1: {}}, "data": {0: {}, 1: {}}}
+    two_ranks = TrainingCheckpoint(step=7, config={}, model={}, rng={0: {}, 1: {}}, data={0: {}, 1: {}})
     assert "world size changed?" in report.stream_restart_note(Path("m.pth"), two_ranks, 2)
 
 

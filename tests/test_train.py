@@ -9,7 +9,7 @@ import pytest
 import torch
 import yaml
 from click.testing import CliRunner
-from test_train_support import TINY_FLAGS, make_faceset, tiny_config
+from test_train_support import REPO, TINY_FLAGS, make_faceset, tiny_config
 
 from torchsae.cli.train import train_cmd
 from torchsae.losses import SAEHDLoss
@@ -148,7 +148,7 @@ def test_repeated_non_finite_steps_restore_the_last_checkpoint(
     original_load = trainer._load_weights
 
     def spy(state, *args):
-        restored.append(int(state["step"]))
+        restored.append(int(state.step))
         return original_load(state, *args)
 
     monkeypatch.setattr(trainer, "_load_weights", spy)
@@ -204,3 +204,32 @@ def test_cli_trains_and_writes_the_resolved_config(tmp_path: Path, faceset) -> N
     # the same command again resumes (and, being finished, trains nothing)
     again = CliRunner().invoke(train_cmd, args, catch_exceptions=False)
     assert again.exit_code == 0 and "Resuming from" in again.output
+
+
+def test_production_code_reads_no_test_only_variables() -> None:
+    """Tests reach into a run through ``train(..., hooks=TrainHooks(...))``, never the environment."""
+    readers = [
+        str(path.relative_to(REPO))
+        for path in sorted((REPO / "torchsae").rglob("*.py"))
+        if "TORCHSAE_TEST" in path.read_text(encoding="utf-8")
+    ]
+    assert readers == []
+
+
+def test_the_checkpoint_names_its_task_and_the_effective_run_is_computed_once(
+    tmp_path: Path, faceset, monkeypatch
+) -> None:
+    from torchsae.train import trainer
+
+    resolved = []
+    original = trainer.resolve_run
+
+    def counting(cfg, info, say):
+        resolved.append(original(cfg, info, say))
+        return resolved[-1]
+
+    monkeypatch.setattr(trainer, "resolve_run", counting)
+    train(tiny_config(tmp_path, faceset, 2, save_interval=1))
+    state = ck.load_checkpoint(tmp_path / "models" / "last.pth")
+    assert state["task"] == "saehd" and state["version"] == ck.VERSION and state["step"] == 2
+    assert len(resolved) == 1 and resolved[0].accum == 1 and resolved[0].global_batch == 2

@@ -85,10 +85,12 @@ def train_cmd(config_file: str | None, resume: str | None, model_size: str | Non
 
     A default below applies where neither --config nor the checkpoint being resumed sets the option.
     """
+    from torchsae.train.hooks import TrainHooks
     from torchsae.train.report import model_size_note
     from torchsae.train.runconfig import resolve_run_config
     from torchsae.train.trainer import train
 
+    hooks = click.get_current_context().obj  # main_entry(..., hooks=): tests' and tools' hooks
     try:
         config, checkpoint = resolve_run_config(
             flags_to_overrides(options),
@@ -99,7 +101,7 @@ def train_cmd(config_file: str | None, resume: str | None, model_size: str | Non
         note = model_size_note(int(model_size) if model_size else None, config.model)
         if note and _is_main_process():
             click.echo(note)
-        train(config, resume=checkpoint)
+        train(config, resume=checkpoint, hooks=hooks if isinstance(hooks, TrainHooks) else None)
     except TorchSAEError as exc:
         raise click.ClickException(name_flags(str(exc))) from exc
     except KeyboardInterrupt:
@@ -114,6 +116,7 @@ def _is_main_process() -> bool:
     return os.environ.get("RANK", "0") == "0"
 
 
-def main_entry(argv: list[str] | None = None, prog_name: str | None = None) -> None:
-    """Run ``train_cmd`` as a standalone program (``launch/train.py``)."""
-    train_cmd.main(args=argv, prog_name=prog_name or Path(sys.argv[0]).name)
+def main_entry(argv: list[str] | None = None, prog_name: str | None = None, hooks: object = None) -> None:
+    """Run ``train_cmd`` as a standalone program (``launch/train.py``); ``hooks`` (a
+    ``train.hooks.TrainHooks``) reach ``train()`` (the tests' torchrun entry point passes them)."""
+    train_cmd.main(args=argv, prog_name=prog_name or Path(sys.argv[0]).name, obj=hooks)

@@ -154,18 +154,18 @@ def export_dfl_model(
     from torchsae.config import Config
     from torchsae.errors import TorchSAEError
     from torchsae.models.registry import build_discriminator, build_model
-    from torchsae.train.checkpoint import load_checkpoint
+    from torchsae.train.checkpoint import read_checkpoint
 
     checkpoint, folder = Path(checkpoint), Path(folder)
-    state = load_checkpoint(checkpoint)
+    state = read_checkpoint(checkpoint)
     source = str(checkpoint)
     try:
-        config = Config.from_dict(state["config"]).validate()
+        config = Config.from_dict(state.config).validate()
     except TorchSAEError as exc:
         raise DFLExportError(f"{source}: checkpoint config is invalid: {exc}") from exc
-    step = int(state.get("step", 0) or 0)
+    step = int(state.step or 0)
     check_expressible(config, step, source)
-    imported = state.get("imported_from") or {}
+    imported = state.imported_from or {}
     name = model_name or imported.get("model_name") or DEFAULT_MODEL_NAME
     exported = config_to_options(config, imported.get("options"), imported.get("max_steps"))
     warnings = [describe_dropped(exported.dropped)] if exported.dropped else []
@@ -176,10 +176,10 @@ def export_dfl_model(
     files: dict[str, Any] = {}
     g_modules = [(net, attr, getattr(model, attr)) for net, attr in config.model.family.dfl_files]
     for net, attr, module in g_modules:
-        files[f"{net}.npy"] = network_weights(module, _sub_state(state["model"], attr), f"{source} [{attr}]")
+        files[f"{net}.npy"] = network_weights(module, _sub_state(state.model, attr), f"{source} [{attr}]")
     networks = [net for net, _, _ in g_modules]
     kind = config.optim.optimizer
-    optimizers = state.get("optimizers") or {}
+    optimizers = state.optimizers or {}
     scoped = [(net, module) for net, _, module in g_modules]
     if "model" not in optimizers:
         notes.append(
@@ -189,7 +189,7 @@ def export_dfl_model(
         optimizers.get("model"), model, scoped, kind, step, f"{source} [optimizers.model]"
     )
     written_opts = [G_OPTIMIZER_FILE]
-    discs = state.get("discriminators") or {}
+    discs = state.discriminators or {}
     wanted = {"code": config.loss.true_face_power > 0, "gan": config.loss.gan_power > 0}
     for disc in DISCRIMINATORS:
         if not wanted[disc.name]:
@@ -213,7 +213,7 @@ def export_dfl_model(
                 f"{source} [optimizers.{disc.name}]",
             )
             written_opts.append(disc.optimizer_file)
-    history = loss_history((state.get("metrics") or {}).get("history") or {}, step)
+    history = loss_history((state.metrics or {}).get("history") or {}, step)
     running_on = [("Exported by", f"TorchSAE {torchsae.__version__}")]
     files["summary.txt"] = summary_text(name, step, exported.options, running_on)
     files["data.dat"] = model_data(step, exported.options, history)

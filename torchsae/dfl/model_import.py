@@ -210,7 +210,7 @@ def import_dfl_model(folder: str | Path, output: str | Path, model_name: str | N
     hostile; ``output`` is written only after everything has been read and converted.
     """
     from torchsae.models.registry import build_model
-    from torchsae.train.checkpoint import save_checkpoint
+    from torchsae.train.checkpoint import TrainingCheckpoint, write_checkpoint
 
     folder, output = Path(folder), Path(output)
     name = choose_model(folder, model_name)
@@ -248,14 +248,14 @@ def import_dfl_model(folder: str | Path, output: str | Path, model_name: str | N
             )
         optimizers[key] = _optimizer_state(list(owner.parameters()), moments, config)
 
-    state = {
-        "step": iteration,
-        "config": config.to_dict(),
-        "model": model.state_dict(),
-        "optimizers": optimizers,
-        "discriminators": {key: module.state_dict() for key, module in disc_modules.items()},
-        "metrics": {"skipped_steps": 0, "history": _history(data, config.train.log_interval)},
-        "imported_from": {
+    state = TrainingCheckpoint(
+        step=iteration,
+        config=config.to_dict(),
+        model=model.state_dict(),
+        optimizers=optimizers,
+        discriminators={key: module.state_dict() for key, module in disc_modules.items()},
+        metrics={"skipped_steps": 0, "history": _history(data, config.train.log_interval)},
+        imported_from={
             "format": "deepfacelab-saehd",
             "folder": str(folder),
             "model_name": name,
@@ -264,8 +264,8 @@ def import_dfl_model(folder: str | Path, output: str | Path, model_name: str | N
             "options": plain_options(data.options),
             "max_steps": config.train.max_steps,
         },
-    }
-    save_checkpoint(output, state)
+    )
+    write_checkpoint(output, state)
     return ImportResult(output, name, iteration, config, networks, list(optimizers), warnings, notes)
 
 

@@ -25,15 +25,12 @@ def load_model_for_export(
     fail later inside DeepFaceLive or TensorRT.
     """
     from torchsae.models.registry import build_model
-    from torchsae.train.checkpoint import load_checkpoint
+    from torchsae.train.checkpoint import read_checkpoint
 
     path = Path(checkpoint)
-    state = load_checkpoint(path)
-    for key in ("config", "model"):
-        if key not in state:
-            raise ExportError(f"{path}: not a TorchSAE checkpoint (no {key!r} entry)")
+    state = read_checkpoint(path)  # the reader refuses files without a config or weights
     try:
-        config = Config.from_dict(state["config"])
+        config = Config.from_dict(state.config)
         config.model.validate()
     except TorchSAEError as exc:
         raise ExportError(f"{path}: checkpoint config is invalid: {exc}") from exc
@@ -45,8 +42,8 @@ def load_model_for_export(
         )
     model = build_model(config.model)
     try:
-        model.load_state_dict(state["model"])
+        model.load_state_dict(state.model)
     except RuntimeError as exc:
         first = str(exc).splitlines()[0]
         raise ExportError(f"{path}: weights do not fit archi {config.model.archi!r}: {first}") from exc
-    return model.eval(), config, int(state.get("step", 0) or 0)
+    return model.eval(), config, int(state.step or 0)

@@ -18,6 +18,7 @@ adversarial options on. A discriminator switched on later starts fresh; one swit
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 from collections.abc import Callable
 from typing import Any
 
@@ -29,6 +30,7 @@ from torchsae.config import Config
 from torchsae.losses import SAEHDLoss
 from torchsae.models.registry import build_discriminator
 from torchsae.optim import build_optimizer, clip_grad_norm
+from torchsae.train.checkpoint import TrainingCheckpoint
 from torchsae.train.precision import resolve_amp
 
 DISCRIMINATOR_NAMES = ("code", "gan")
@@ -126,14 +128,14 @@ def discriminator_steps(
     return terms
 
 
-def drop_reshaped_gan(state: dict[str, Any], cfg: Config) -> tuple[dict[str, Any], bool]:
+def drop_reshaped_gan(state: TrainingCheckpoint, cfg: Config) -> tuple[TrainingCheckpoint, bool]:
     """``state`` without its GAN discriminator and optimiser when ``cfg`` gives the GAN another shape
     than the checkpoint's config did; the flag says whether anything was dropped.
 
     DeepFaceLab lets gan_patch_size and gan_dims change whenever it asks the GAN options again (a
     common recipe turns the GAN on late, choosing them then); a reshaped discriminator starts afresh.
     """
-    stored = (state.get("config") or {}).get("model") or {}
+    stored = (state.config or {}).get("model") or {}
     resolution = stored.get("resolution", cfg.model.resolution)
 
     def shape(model: dict[str, Any]) -> tuple[int, int]:
@@ -141,9 +143,11 @@ def drop_reshaped_gan(state: dict[str, Any], cfg: Config) -> tuple[dict[str, Any
         return (patch if patch is not None else resolution // 8, model.get("gan_dims", 16))
 
     wanted = {"gan_patch_size": cfg.model.gan_patch_size, "gan_dims": cfg.model.gan_dims}
-    if "gan" not in (state.get("discriminators") or {}) or shape(stored) == shape(wanted):
+    if "gan" not in (state.discriminators or {}) or shape(stored) == shape(wanted):
         return state, False
-    state = dict(state)
-    state["discriminators"] = {k: v for k, v in state["discriminators"].items() if k != "gan"}
-    state["optimizers"] = {k: v for k, v in (state.get("optimizers") or {}).items() if k != "gan"}
-    return state, True
+    kept = dataclasses.replace(
+        state,
+        discriminators={k: v for k, v in state.discriminators.items() if k != "gan"},
+        optimizers={k: v for k, v in (state.optimizers or {}).items() if k != "gan"},
+    )
+    return kept, True

@@ -9,6 +9,9 @@ Why this shape:
   (``torchsae.fileio.atomic_open``), so ``kill -9`` at any moment leaves the previous ``last.pth``
   loadable.
 * A checkpoint with non-finite weights is refused at save time: resuming from it could never recover.
+* One schema, :class:`TrainingCheckpoint`, with one writer (:func:`write_checkpoint`, which validates)
+  and one reader (:func:`read_checkpoint`, which migrates older format versions); ``load_checkpoint``
+  is the reader's result as the on-disk dict.
 
 Layout inside the run folder: ``models/last.pth`` (always the newest) plus retained copies
 ``models/step_XXXXXXXX.pth`` (the ``keep`` most recently written; hard links of ``last.pth`` where the
@@ -28,6 +31,7 @@ import pickle
 import random
 import re
 from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -38,7 +42,9 @@ from torchsae.errors import TorchSAEError
 from torchsae.fileio import atomic_open, replace
 
 FORMAT = "torchsae-checkpoint"
-VERSION = 1
+VERSION = 2  # 2: the ``task`` entry (which training task wrote the file); 1 files are migrated on load
+READABLE_VERSIONS = (1, 2)
+DEFAULT_TASK = "saehd"
 LAST_NAME = "last.pth"
 SNAPSHOT_DIR = "snapshots"
 REQUIRED_KEYS = ("format", "version", "step", "config", "model")
@@ -64,34 +70,120 @@ def non_finite_tensors(state_dict: Mapping[str, Any]) -> list[str]:
     return bad
 
 
-def save_checkpoint(path: str | Path, state: dict[str, Any]) -> None:
-    """Write ``state`` to ``path`` atomically; refuse non-finite model or discriminator weights.
+@dataclass
+class TrainingCheckpoint:
+    """The one schema of a checkpoint file: plain containers of tensors and primitives inside, so that
+    ``torch.load(weights_only=True)`` loads it. ``to_dict`` is the on-disk layout (optional entries that
+    are None are left out, as the files of version 1 did); ``from_dict`` migrates older versions."""
 
-    ``state`` must carry at least the keys in ``REQUIRED_KEYS``; ``format``/``version`` are filled in
-    when absent. Tensors may live on any device; torch.save records them and ``load_checkpoint`` maps
-    them to the CPU.
+    step: int
+    config: dict[str, Any]  # Config.to_dict() as the user configured the run
+    model: dict[str, torch.Tensor]
+    optimizers: dict[str, Any] | None = None  # {name: optimizer state_dict}
+    discriminators: dict[str, dict[str, torch.Tensor]] | None = None
+    scaler: dict[str, Any] | None = None
+    rng: dict[int, Any] | None = None  # {rank: capture_rng_state()}
+    data: dict[int, Any] | None = None  # {rank: the data stream's state_dict()}
+    metrics: dict[str, Any] | None = None  # skipped_steps, history, elapsed_s, loss_level
+    imported_from: dict[str, Any] | None = None  # a DeepFaceLab import's origin (export-dfl reads it)
+    task: str = DEFAULT_TASK  # the training task that wrote it (version 2)
+    source_version: int = field(default=VERSION, compare=False)  # the version the file was read as
+
+    _OPTIONAL = ("optimizers", "discriminators", "scaler", "rng", "data", "metrics", "imported_from")
+
+    def to_dict(self) -> dict[str, Any]:
+        """The on-disk layout (what ``load_checkpoint`` returns)."""
+        state: dict[str, Any] = {
+            "format": FORMAT,
+            "version": VERSION,
+            "task": self.task,
+            "step": self.step,
+            "config": self.config,
+            "model": self.model,
+        }
+        for key in self._OPTIONAL:
+            value = getattr(self, key)
+            if value is not None:
+                state[key] = value
+        return state
+
+    @classmethod
+    def from_dict(cls, state: Mapping[str, Any], source: str | Path = "checkpoint") -> TrainingCheckpoint:
+        """Check and migrate a loaded (or hand-built) state; errors name ``source``. Without
+        ``format``/``version`` the state is taken as the current version (a state being built)."""
+        if not isinstance(state, Mapping) or state.get("format", FORMAT) != FORMAT:
+            raise CheckpointError(f"{source}: not a TorchSAE checkpoint (format key missing or different)")
+        version = state.get("version", VERSION)
+        if version not in READABLE_VERSIONS:
+            raise CheckpointError(
+                f"{source}: checkpoint version {version!r}, this TorchSAE reads "
+                + ", ".join(str(v) for v in READABLE_VERSIONS)
+            )
+        state = _MIGRATIONS[version](dict(state))
+        missing = [key for key in ("step", "config", "model") if key not in state]
+        if missing:
+            raise CheckpointError(f"{source}: checkpoint lacks {', '.join(missing)}")
+        unknown = sorted(set(state) - _KNOWN_KEYS)
+        if unknown:
+            raise CheckpointError(f"{source}: checkpoint has unknown entries {', '.join(map(str, unknown))}")
+        if not isinstance(state["model"], Mapping) or not isinstance(state["config"], Mapping):
+            raise CheckpointError(f"{source}: checkpoint's model or config is not a mapping")
+        fields = {key: state.get(key) for key in ("step", "config", "model", *cls._OPTIONAL)}
+        return cls(**fields, task=state.get("task", DEFAULT_TASK), source_version=version)
+
+    def validate(self, source: str | Path) -> None:
+        """What the writer refuses: a step that is not a whole number, non-finite weights."""
+        if isinstance(self.step, bool) or not isinstance(self.step, int) or self.step < 0:
+            raise CheckpointError(f"{source}: refusing to save a checkpoint at step {self.step!r}")
+        weights = {f"model.{k}": v for k, v in self.model.items()}
+        for name, disc in (self.discriminators or {}).items():
+            weights.update({f"discriminators.{name}.{k}": v for k, v in disc.items()})
+        bad = non_finite_tensors(weights)
+        if bad:
+            shown = ", ".join(bad[:3]) + (" ..." if len(bad) > 3 else "")
+            raise CheckpointError(f"{source}: refusing to save non-finite weights ({shown})")
+
+
+def _from_v1(state: dict[str, Any]) -> dict[str, Any]:
+    """Version 1 (trainer saves and DeepFaceLab imports before the task entry): all were SAEHD."""
+    state.setdefault("task", DEFAULT_TASK)
+    state["version"] = VERSION
+    return state
+
+
+_MIGRATIONS = {1: _from_v1, 2: lambda state: state}
+_KNOWN_KEYS = {"format", "version", "task", "step", "config", "model", *TrainingCheckpoint._OPTIONAL}
+
+
+def _coerce(state: TrainingCheckpoint | Mapping[str, Any], source: str | Path) -> TrainingCheckpoint:
+    if isinstance(state, TrainingCheckpoint):
+        return state
+    missing = [key for key in ("step", "config", "model") if key not in state]
+    if missing:
+        raise CheckpointError(f"{source}: refusing to save a checkpoint without {', '.join(missing)}")
+    return TrainingCheckpoint.from_dict(state, source)
+
+
+def write_checkpoint(path: str | Path, checkpoint: TrainingCheckpoint | Mapping[str, Any]) -> None:
+    """The one writer: validate, then write ``path`` atomically (a dict goes through ``from_dict``).
+
+    Tensors may live on any device; torch.save records them and ``read_checkpoint`` maps them to the
+    CPU. Non-finite model or discriminator weights are refused.
     """
     path = Path(path)
-    state = {"format": FORMAT, "version": VERSION, **state}
-    missing = [key for key in REQUIRED_KEYS if key not in state]
-    if missing:
-        raise CheckpointError(f"{path}: refusing to save a checkpoint without {', '.join(missing)}")
-    weights = {f"model.{k}": v for k, v in state["model"].items()}
-    for name, disc in (state.get("discriminators") or {}).items():
-        weights.update({f"discriminators.{name}.{k}": v for k, v in disc.items()})
-    bad = non_finite_tensors(weights)
-    if bad:
-        shown = ", ".join(bad[:3]) + (" ..." if len(bad) > 3 else "")
-        raise CheckpointError(f"{path}: refusing to save non-finite weights ({shown})")
+    checkpoint = _coerce(checkpoint, path)
+    checkpoint.validate(path)
     with atomic_open(path, "wb") as handle:
-        torch.save(state, handle)
+        torch.save(checkpoint.to_dict(), handle)
 
 
-def load_checkpoint(path: str | Path, *, mmap: bool = False) -> dict[str, Any]:
-    """Load a TorchSAE checkpoint onto the CPU with ``weights_only=True``; errors name the file.
+save_checkpoint = write_checkpoint  # the name callers and tests have always used
 
-    ``mmap=True`` maps the tensors instead of reading them: for callers that need only the config or
-    the step (resolving a run's config before training loads the weights for real).
+
+def read_checkpoint(path: str | Path, *, mmap: bool = False) -> TrainingCheckpoint:
+    """The one reader: load onto the CPU with ``weights_only=True``, check and migrate; errors name the
+    file. ``mmap=True`` maps the tensors instead of reading them: for callers that need only the config
+    or the step (resolving a run's config before training loads the weights for real).
     """
     path = Path(path)
     if path.is_dir():
@@ -113,16 +205,14 @@ def load_checkpoint(path: str | Path, *, mmap: bool = False) -> dict[str, Any]:
     except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, OSError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise CheckpointError(f"{path}: not a loadable TorchSAE checkpoint ({first})") from exc
-    if not isinstance(state, dict) or state.get("format") != FORMAT:
+    if not isinstance(state, dict) or "format" not in state or "version" not in state:
         raise CheckpointError(f"{path}: not a TorchSAE checkpoint (format key missing or different)")
-    if state.get("version") != VERSION:
-        raise CheckpointError(
-            f"{path}: checkpoint version {state.get('version')!r}, this TorchSAE reads {VERSION}"
-        )
-    missing = [key for key in REQUIRED_KEYS if key not in state]
-    if missing:
-        raise CheckpointError(f"{path}: checkpoint lacks {', '.join(missing)}")
-    return state
+    return TrainingCheckpoint.from_dict(state, path)
+
+
+def load_checkpoint(path: str | Path, *, mmap: bool = False) -> dict[str, Any]:
+    """``read_checkpoint(path).to_dict()``: the file's entries by key, migrated to the current version."""
+    return read_checkpoint(path, mmap=mmap).to_dict()
 
 
 def retained_checkpoints(models_dir: str | Path) -> list[tuple[int, Path]]:
@@ -155,7 +245,7 @@ def list_checkpoints(models_dir: str | Path) -> list[tuple[str, int, Path]]:
     last = models_dir / LAST_NAME
     if last.is_file():
         try:
-            last_step = int(load_checkpoint(last, mmap=True)["step"])
+            last_step = int(read_checkpoint(last, mmap=True).step)
         except (CheckpointError, TypeError, ValueError):
             last_step = -1
         found.append(("last", last_step, last))
@@ -169,7 +259,7 @@ def _os_reason(exc: OSError) -> str:
 
 def save_training_checkpoint(
     models_dir: str | Path,
-    state: dict[str, Any],
+    state: TrainingCheckpoint | Mapping[str, Any],
     keep: int,
     *,
     snapshot: bool = False,
@@ -185,9 +275,10 @@ def save_training_checkpoint(
     """
     models_dir = Path(models_dir)
     last = models_dir / LAST_NAME
-    step = int(state["step"])
+    state = _coerce(state, last)
+    step = int(state.step)
     try:
-        save_checkpoint(last, state)
+        write_checkpoint(last, state)
     except OSError as exc:
         raise CheckpointError(f"{last}: {_os_reason(exc)}; the previous checkpoint is kept") from exc
     targets = []
@@ -273,7 +364,7 @@ def older_resume_note(models_dir: str | Path, resume: str | Path, step: int) -> 
     if not last.is_file() or (resume.exists() and resume.samefile(last)):
         return None
     try:
-        last_step = int(load_checkpoint(last, mmap=True)["step"])
+        last_step = int(read_checkpoint(last, mmap=True).step)
     except (CheckpointError, TypeError, ValueError):
         return None
     if last_step <= step:
@@ -292,7 +383,7 @@ def intact_copies_hint(models_dir: str | Path) -> str:
         if kind == "last":
             continue
         try:
-            load_checkpoint(path, mmap=True)
+            read_checkpoint(path, mmap=True)
         except CheckpointError:
             continue
         intact.append(str(path))

@@ -169,7 +169,7 @@ class Lineage:
 class Failsafe:
     """What the trainer does when an exception ends its loop: save first, then one line.
 
-    ``_train`` arms it once the loop's state exists, with a callback that writes the last whole,
+    The trainer arms it once the loop's state exists, with a callback that writes the last whole,
     finite step (returning a phrase saying what holds the work) and a cleanup (stop the data workers).
     ``train`` turns any exception into :class:`~torchsae.train.trainer.TrainingFailed` through
     :meth:`failed`; before arming (set-up) exceptions pass unchanged.

@@ -17,14 +17,13 @@ the data stream and RNGs restart because the faceset changed.
 
 from __future__ import annotations
 
-from typing import Any
-
 import torch
 
 from torchsae.config import Config
 from torchsae.errors import ConfigError
 from torchsae.models.layers import glorot_init_
 from torchsae.models.registry import model_family
+from torchsae.train.checkpoint import TrainingCheckpoint
 
 INIT_SEED_OFFSET = 7919  # the re-initialised inters draw from seed + this, away from the model's init
 
@@ -56,9 +55,9 @@ def effective_config(cfg: Config) -> Config:
 pretrain_view = effective_config  # the former name (it forced the data settings only)
 
 
-def leaving_pretrain(state: dict[str, Any], cfg: Config) -> bool:
+def leaving_pretrain(state: TrainingCheckpoint, cfg: Config) -> bool:
     """Whether resuming ``state`` (a loaded checkpoint) ends pretraining under ``cfg``."""
-    stored = (state.get("config") or {}).get("train") or {}
+    stored = (state.config or {}).get("train") or {}
     return bool(stored.get("pretrain")) and not cfg.train.pretrain
 
 

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from torchsae.config import PROGRESS_MODES, Config, ModelConfig, preset
+from torchsae.train.checkpoint import TrainingCheckpoint
 
 __all__ = ["PROGRESS_MODES", "RunReport", "plain_line", "resolve_progress"]
 NO_PROGRESS_ENV = "TORCHSAE_NO_PROGRESS"  # "1": no progress bar (plain lines instead), as before
@@ -90,12 +91,12 @@ def model_size_note(model_size: int | None, model: ModelConfig) -> str | None:
     )
 
 
-def stream_restart_note(resume: Path, state: dict[str, Any], rank: int) -> str:
+def stream_restart_note(resume: Path, state: TrainingCheckpoint, rank: int) -> str:
     """Why a resumed run's data stream and RNGs start afresh: a fresh DeepFaceLab import, another
     world size, or a checkpoint without them."""
-    saved_ranks = sorted((state.get("rng") or {}).keys())
-    imported = state.get("imported_from") or {}
-    if imported and not saved_ranks and not state.get("data"):
+    saved_ranks = sorted((state.rng or {}).keys())
+    imported = state.imported_from or {}
+    if imported and not saved_ranks and not state.data:
         source = imported.get("folder") or "a DeepFaceLab model folder"
         return (
             f"{resume}: fresh import from DeepFaceLab ({source}): there is no data position or RNG "

@@ -19,7 +19,7 @@ from torchsae.train.checkpoint import (
     CheckpointError,
     find_last_checkpoint,
     intact_copies_hint,
-    load_checkpoint,
+    read_checkpoint,
 )
 
 Overrides = dict[str, dict[str, Any]]
@@ -97,7 +97,7 @@ def resolve_run_config(
         return config.validate(), None
 
     try:
-        stored = load_checkpoint(resume, mmap=True)["config"]  # the weights are read by train()
+        stored = read_checkpoint(resume, mmap=True).config  # the weights are read by train()
     except CheckpointError as exc:
         if not automatic:
             raise

@@ -85,22 +85,23 @@ def _model_summary(model: dict[str, Any]) -> dict[str, Any]:
 
 def checkpoint_info(target: str | Path) -> dict[str, Any]:
     """The JSON document of ``info checkpoint``."""
-    from torchsae.train.checkpoint import load_checkpoint
+    from torchsae.train.checkpoint import FORMAT, read_checkpoint
 
     path, models = resolve_checkpoint_target(target)
-    state = load_checkpoint(path, mmap=True)
-    config = state.get("config") or {}
+    state = read_checkpoint(path, mmap=True)
+    config = state.config or {}
     model, train, optim, data = (config.get(k) or {} for k in ("model", "train", "optim", "data"))
-    metrics = state.get("metrics") or {}
+    metrics = state.metrics or {}
     history = metrics.get("history") or {}
     info: dict[str, Any] = {
         "file": str(path),
-        "format": state.get("format"),
-        "version": state.get("version"),
-        "step": int(state["step"]),
-        "imported_from": state.get("imported_from"),
+        "format": FORMAT,
+        "version": state.source_version,  # as the file holds it (older versions are migrated on load)
+        "task": state.task,
+        "step": int(state.step),
+        "imported_from": state.imported_from,
         "model": _model_summary(model),
-        "params": sum(int(v.numel()) for v in state["model"].values() if hasattr(v, "numel")),
+        "params": sum(int(v.numel()) for v in state.model.values() if hasattr(v, "numel")),
         "train": {
             key: train.get(key)
             for key in ("batch_size", "max_steps", "amp", "grad_accum", "save_interval", "keep", "run_dir")
@@ -113,9 +114,9 @@ def checkpoint_info(target: str | Path) -> dict[str, Any]:
         },
         "skipped_steps": metrics.get("skipped_steps"),
         "elapsed_s": metrics.get("elapsed_s"),
-        "ranks_saved": len(state.get("rng") or {}),
-        "discriminators": sorted((state.get("discriminators") or {}).keys()),
-        "optimizers": sorted((state.get("optimizers") or {}).keys()),
+        "ranks_saved": len(state.rng or {}),
+        "discriminators": sorted((state.discriminators or {}).keys()),
+        "optimizers": sorted((state.optimizers or {}).keys()),
         "checkpoints": checkpoint_files(models) if models is not None else None,
     }
     return info
