@@ -9,7 +9,6 @@ for good, ``models/snapshots/step_XXXXXXXX.pth``.
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 from typing import Any
 
@@ -17,29 +16,24 @@ from torchsae.errors import TorchSAEError
 
 LAST_NAME = "last.pth"
 SNAPSHOTS = "snapshots"
-_STEP_RE = re.compile(r"^step_(\d{8,})\.pth$")
-
-
-def _numbered(folder: Path) -> list[dict[str, Any]]:
-    if not folder.is_dir():
-        return []
-    found = []
-    for entry in folder.iterdir():
-        match = _STEP_RE.match(entry.name)
-        if match and entry.is_file():
-            found.append({"step": int(match.group(1)), "path": str(entry), "bytes": entry.stat().st_size})
-    return sorted(found, key=lambda item: item["step"])
 
 
 def checkpoint_files(models_dir: str | Path) -> dict[str, Any]:
     """``{"last": {...} | None, "copies": [...], "snapshots": [...]}``; each entry has ``path`` and
-    ``bytes`` (copies and snapshots also ``step``, oldest first)."""
+    ``bytes`` (copies and snapshots also ``step``, oldest first). The folder is scanned by the
+    checkpoint module's own listing, so what ``info`` shows is what the trainer prunes and restores."""
+    from torchsae.train.checkpoint import retained_checkpoints, snapshots
+
     models_dir = Path(models_dir)
     last = models_dir / LAST_NAME
+
+    def entries(found: list[tuple[int, Path]]) -> list[dict[str, Any]]:
+        return [{"step": step, "path": str(path), "bytes": path.stat().st_size} for step, path in found]
+
     return {
         "last": {"path": str(last), "bytes": last.stat().st_size} if last.is_file() else None,
-        "copies": _numbered(models_dir),
-        "snapshots": _numbered(models_dir / SNAPSHOTS),
+        "copies": entries(retained_checkpoints(models_dir)),
+        "snapshots": entries(snapshots(models_dir)),
     }
 
 
