@@ -3,7 +3,7 @@
 What can be checked here: the Dockerfile parses; every file it COPYs exists in the build context and
 is not excluded by .dockerignore; its Python packages come from setup.cfg's ``gpu`` extra (one list), or
 ``gpu-cu12`` for the documented CUDA 12 build;
-the root-level Dockerfile that ``docker build -t torchsae .`` uses is the same file; hadolint passes;
+the documented ``docker build -f docker/Dockerfile`` commands name the one Dockerfile; hadolint passes;
 the compose file reserves GPUs and mounts the seed's folders; the entrypoint dispatches as documented.
 """
 
@@ -40,8 +40,12 @@ def _ignored(path: str) -> bool:
     return any(fnmatch.fnmatch(path, pat) or path.split("/")[0] == pat for pat in patterns)
 
 
-def test_root_dockerfile_is_the_docker_folder_one() -> None:
-    assert (ROOT / "Dockerfile").read_bytes() == DOCKERFILE.read_bytes()
+def test_documented_builds_use_the_docker_folder_dockerfile() -> None:
+    """One Dockerfile (docker/, where the layout puts it); every documented build names it."""
+    assert not (ROOT / "Dockerfile").exists()
+    for text in ((ROOT / "README.md").read_text(encoding="utf-8"), DOCKERFILE.read_text(encoding="utf-8")):
+        builds = [line for line in text.splitlines() if "docker build " in line]
+        assert builds and all("-f docker/Dockerfile" in line for line in builds), builds
 
 
 def test_every_copied_file_exists_in_the_build_context() -> None:
