@@ -18,7 +18,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-from torchsae.config import Config, DataConfig
+from torchsae.config import Config, DataConfig, effective_config
 
 SIDE_ENTRIES = ("warped", "target", "mask", "em")  # the per-side image entries of the Batch, in order
 LOADER_SEED_STRIDE = 1_000_003  # side key k's loader draws from seed + k * this: sides never in lockstep
@@ -75,10 +75,8 @@ def saehd_sides(data: DataConfig) -> tuple[DataSide, ...]:
 
 def data_sides(cfg: Config) -> tuple[DataSide, ...]:
     """The sides a run trains on: SAEHD's A/B from the run's effective config
-    (``train.pretrain.effective_config``: while pretraining both read ``pretrain_dir`` with DFL's
+    (``torchsae.config.effective_config``: while pretraining both read ``pretrain_dir`` with DFL's
     forced policy)."""
-    from torchsae.train.pretrain import effective_config
-
     return check_sides(saehd_sides(effective_config(cfg).data))
 
 

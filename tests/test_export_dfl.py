@@ -21,7 +21,7 @@ from click.testing import CliRunner
 
 from torchsae.cli import main
 from torchsae.config import Config, ModelConfig
-from torchsae.dfl.model_import import import_dfl_model
+from torchsae.convert.dfl_import import import_dfl_model
 from torchsae.dfl.model_writer import summary_text
 from torchsae.dfl.unpickle import restricted_loads
 from torchsae.models import SAEHD, CodeDiscriminator, UNetPatchDiscriminator

@@ -176,8 +176,9 @@ def test_dfm_export_matches_deepfacelab_and_its_own_dfm(imported, tmp_path: Path
 def test_dfl_package_stays_torch_free() -> None:
     """Listing models and mapping options must not import torch (the importer loads it lazily)."""
     code = (
-        "import sys, torchsae.dfl.model_import, torchsae.dfl.model_options, torchsae.cli.import_dfl, "
-        "torchsae.dfl.model_writer, torchsae.dfl.model_export; "
+        "import sys, pkgutil, importlib, torchsae.dfl, torchsae.convert.dfl_import, "
+        "torchsae.convert.dfl_export, torchsae.cli.import_dfl; "
+        "[importlib.import_module('torchsae.dfl.' + m.name) for m in pkgutil.iter_modules(torchsae.dfl.__path__)]; "
         "assert 'torch' not in sys.modules, 'torch imported'"
     )
     subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).parent.parent)

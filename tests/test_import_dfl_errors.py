@@ -256,7 +256,7 @@ def test_optimizer_counter_mismatch_is_a_note(folder: Path, tmp_path: Path) -> N
 
 def test_corrupted_bytes_give_one_line_errors_only(template: Path, tmp_path: Path) -> None:
     """Random byte damage anywhere: the import either succeeds or fails with a TorchSAEError."""
-    from torchsae.dfl.model_import import import_dfl_model
+    from torchsae.convert.dfl_import import import_dfl_model
     from torchsae.errors import TorchSAEError
 
     rng = np.random.default_rng(0)

@@ -17,7 +17,7 @@ from test_import_dfl import ITERATION, unpack_fixture
 from test_train_support import make_faceset
 
 from torchsae.cli.train import train_cmd
-from torchsae.dfl.model_import import import_dfl_model
+from torchsae.convert.dfl_import import import_dfl_model
 from torchsae.train.checkpoint import load_checkpoint, save_checkpoint
 
 pytestmark = pytest.mark.usefixtures("one_thread")

@@ -17,7 +17,7 @@ from helpers_deepfacelive import DeepFaceLiveDfm
 from helpers_dfl_layout import dfl_options, write_dfl_model
 
 from torchsae.config import Config, ModelConfig
-from torchsae.dfl.model_import import import_dfl_model
+from torchsae.convert.dfl_import import import_dfl_model
 from torchsae.export.onnx import export_onnx
 from torchsae.export.source import load_model_for_export
 from torchsae.models import SAEHD, CodeDiscriminator, UNetPatchDiscriminator

@@ -741,3 +741,27 @@ def dump_config(config: Config, path: str | Path) -> None:
 
         text = yaml.safe_dump(config.to_dict(), sort_keys=False)
     atomic_write_text(path, text)
+
+
+def effective_config(cfg: Config) -> Config:
+    """The complete config a run trains with: ``cfg`` itself, or while pretraining a copy with
+    everything DFL forces (data: both sides reading ``pretrain_dir``, warp off, flips on, uniform yaw,
+    no HSV / colour transfer; loss: no style terms, no GAN; optim: no lr dropout)."""
+    if not cfg.train.pretrain:
+        return cfg
+    if not cfg.data.pretrain_dir and cfg.data.backend != "synthetic":
+        raise ConfigError(
+            "train.pretrain: needs data.pretrain_dir (--pretrain-dir), a folder of generic faces"
+        )
+    forced = {
+        "data_dir_a": cfg.data.pretrain_dir,  # None (ignored) for the synthetic backend
+        "data_dir_b": cfg.data.pretrain_dir,
+        "random_warp": False,
+        "random_flip_a": True,
+        "random_flip_b": True,
+        "uniform_yaw": True,
+        "random_hsv_power": 0.0,
+        "ct_mode": "none",
+    }
+    loss = {"face_style_power": 0.0, "bg_style_power": 0.0, "gan_power": 0.0}
+    return cfg.updated({"data": forced, "loss": loss, "optim": {"lr_dropout": False}})

@@ -51,7 +51,7 @@ def import_dfl_cmd(folder: Path, model_name: str | None, output: Path, force: bo
     decoder_src -> decoder B, decoder_dst -> decoder A, random_src_flip -> random_flip_b.
     Then:  torchsae train --resume OUTPUT --data-dir-a <dst faces> --data-dir-b <src faces>
     """
-    from torchsae.dfl.model_import import import_dfl_model
+    from torchsae.convert.dfl_import import import_dfl_model
 
     try:
         if output.exists() and not force:
@@ -112,7 +112,7 @@ def export_dfl_cmd(checkpoint: Path, output: Path, model_name: str | None, force
     decoder), NAME_SAEHD_src_dst_opt.npy (optimizer moments), NAME_SAEHD_data.dat (options,
     iteration, loss history) and NAME_SAEHD_summary.txt; B is DeepFaceLab's src, A its dst.
     """
-    from torchsae.dfl.model_export import export_dfl_model
+    from torchsae.convert.dfl_export import export_dfl_model
 
     try:
         result = export_dfl_model(checkpoint, output, model_name, force=force)

@@ -53,7 +53,7 @@ class ModelFamily:
     pretrain_reinit: tuple[str, ...] = ()
     # not trained while random_warp is off (the model's trainable_parameters)
     frozen_without_random_warp: tuple[str, ...] = ()
-    # DeepFaceLab weight file -> part, in DeepFaceLab's order (dfl/model_import.py)
+    # DeepFaceLab weight file -> part, in DeepFaceLab's order (dfl/model_files.py)
     dfl_files: tuple[tuple[str, str], ...] = ()
     # display label of a part in `info model` (default: the part's name)
     part_labels: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))

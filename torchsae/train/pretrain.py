@@ -2,9 +2,9 @@
 
 While pretraining, both sides draw from one generic faceset (``data.pretrain_dir``) and DFL forces:
 random warp off, flips on for both sides, uniform yaw on, no HSV shift, no colour transfer; no GAN and
-no style terms; no lr dropout. :func:`effective_config` returns the complete config with all of these
-applied, and the trainer, the memory planner, the loss, the optimisers and the data pipeline only
-read it; the one thing still keyed on ``train.pretrain`` itself is the code-discriminator step, which
+no style terms; no lr dropout. :func:`torchsae.config.effective_config` (re-exported here) returns
+the complete config with all of these applied, and the trainer, the memory planner, the loss, the
+optimisers and the data pipeline only read it; the one thing still keyed on ``train.pretrain`` itself is the code-discriminator step, which
 DFL skips while keeping the true-face G term (``SAEHDLoss.trains_code_discriminator``). Warp off
 also means LIAE trains without ``inter_ab``, as in DFL. The forced values are never written into the
 run's config: the checkpoint keeps the user's own settings, which apply again once pretraining ends.
@@ -19,37 +19,15 @@ from __future__ import annotations
 
 import torch
 
-from torchsae.config import Config
-from torchsae.errors import ConfigError
+from torchsae.config import (  # effective_config: re-exported (it lives with the config)
+    Config,
+    effective_config,
+)
 from torchsae.models.layers import glorot_init_
 from torchsae.models.registry import model_family
 from torchsae.train.checkpoint import TrainingCheckpoint
 
 INIT_SEED_OFFSET = 7919  # the re-initialised inters draw from seed + this, away from the model's init
-
-
-def effective_config(cfg: Config) -> Config:
-    """The complete config a run trains with: ``cfg`` itself, or while pretraining a copy with
-    everything DFL forces (data: both sides reading ``pretrain_dir``, warp off, flips on, uniform yaw,
-    no HSV / colour transfer; loss: no style terms, no GAN; optim: no lr dropout)."""
-    if not cfg.train.pretrain:
-        return cfg
-    if not cfg.data.pretrain_dir and cfg.data.backend != "synthetic":
-        raise ConfigError(
-            "train.pretrain: needs data.pretrain_dir (--pretrain-dir), a folder of generic faces"
-        )
-    forced = {
-        "data_dir_a": cfg.data.pretrain_dir,  # None (ignored) for the synthetic backend
-        "data_dir_b": cfg.data.pretrain_dir,
-        "random_warp": False,
-        "random_flip_a": True,
-        "random_flip_b": True,
-        "uniform_yaw": True,
-        "random_hsv_power": 0.0,
-        "ct_mode": "none",
-    }
-    loss = {"face_style_power": 0.0, "bg_style_power": 0.0, "gan_power": 0.0}
-    return cfg.updated({"data": forced, "loss": loss, "optim": {"lr_dropout": False}})
 
 
 pretrain_view = effective_config  # the former name (it forced the data settings only)

@@ -14,7 +14,8 @@ What is read (spec §2, §4; every file through the restricted unpickler):
 Nothing is written until every file has been read and checked; the checkpoint then goes through
 ``save_checkpoint`` (temp name + rename), so an error leaves no file at the output path.
 
-torch is imported inside the functions: ``torchsae.dfl`` stays importable without it.
+torch is imported inside the functions, so listing and option mapping (``torchsae import-dfl`` asking
+which model) run without it.
 """
 
 from __future__ import annotations
@@ -27,12 +28,21 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from torchsae.dfl.errors import DFLFormatError
+from torchsae.dfl.model_files import (  # noqa: F401  (re-exported: the converters' shared tables)
+    DISCRIMINATORS,
+    G_OPTIMIZER_FILE,
+    SLOTS,
+    Discriminator,
+    net_path,
+    plain_options,
+    read_weight_dict,
+    slot_key,
+)
 from torchsae.dfl.model_options import (
     DFLModelData,
     choose_model,
     describe_unsupported,
     options_to_config,
-    read_dfl_pickle,
     read_model_data,
 )
 
@@ -41,25 +51,6 @@ if TYPE_CHECKING:
     from torch import nn
 
     from torchsae.config import Config
-
-G_OPTIMIZER_FILE = "src_dst_opt"
-
-
-@dataclass(frozen=True)
-class Discriminator:
-    """One optional DeepFaceLab discriminator: its files, TF scope and TorchSAE trainer name."""
-
-    name: str  # key in the checkpoint's "discriminators" / "optimizers"
-    weights_file: str
-    optimizer_file: str
-    scope: str  # the TF variable scope, which prefixes the optimizer's slot names
-
-
-DISCRIMINATORS = (
-    Discriminator("code", "code_discriminator", "D_code_opt", "dis"),
-    Discriminator("gan", "GAN", "GAN_opt", "D_src"),
-)
-SLOTS = {"adabelief": (("ms_", "exp_avg"), ("vs_", "exp_avg_var")), "rmsprop": (("acc_", "square_avg"),)}
 
 
 @dataclass
@@ -76,34 +67,11 @@ class ImportResult:
     notes: list[str] = field(default_factory=list)
 
 
-def net_path(folder: Path, name: str, net: str) -> Path:
-    """``<folder>/<name>_SAEHD_<net>.npy``: DeepFaceLab's file for one network or optimizer."""
-    return folder / f"{name}_SAEHD_{net}.npy"
-
-
-def _read_weight_dict(path: Path) -> dict[str, np.ndarray]:
-    """A weight or optimizer pickle: a dict with string keys, checked before any conversion."""
-    data = read_dfl_pickle(path)
-    if not isinstance(data, dict) or not all(isinstance(k, str) for k in data):
-        raise DFLFormatError(
-            f"{path}: expected a dict of TensorFlow variable names, got {type(data).__name__}"
-        )
-    for key, value in data.items():  # torch cannot wrap big-endian arrays; numpy converts them
-        if isinstance(value, np.ndarray) and not value.dtype.isnative:
-            data[key] = value.astype(value.dtype.newbyteorder("="))
-    return data
-
-
 def load_network(module: nn.Module, path: Path) -> None:
     """Load one network's DeepFaceLab weights into ``module`` (every key, exact shapes)."""
     from torchsae.models.tf_layout import tf_to_state_dict
 
-    module.load_state_dict(tf_to_state_dict(_read_weight_dict(path), module, str(path)))
-
-
-def slot_key(prefix: str, scope: str, tf_key: str) -> str:
-    """The optimizer slot name of a weight: ``ms_`` + ``encoder/down1/...weight:0`` -> ``..weight_0:0``."""
-    return f"{prefix}{scope}/{tf_key.removesuffix(':0')}_0:0"
+    module.load_state_dict(tf_to_state_dict(read_weight_dict(path), module, str(path)))
 
 
 def load_moments(
@@ -117,7 +85,7 @@ def load_moments(
     """
     from torchsae.models.tf_layout import tf_array_to_torch, tf_shape, torch_key_to_tf
 
-    data = _read_weight_dict(path)
+    data = read_weight_dict(path)
     if "iters:0" not in data:
         raise DFLFormatError(f"{path}: key 'iters:0' is missing")
     iters = data["iters:0"]
@@ -166,17 +134,6 @@ def _optimizer_state(params: list, moments: dict, config: Config) -> dict[str, A
     for param, slots in moments.items():
         opt.state[param] = dict(slots)
     return opt.state_dict()
-
-
-def plain_options(options: dict[str, Any]) -> dict[str, Any]:
-    """DeepFaceLab options as plain Python values a ``weights_only`` checkpoint can hold (numpy
-    scalars -> int/float/bool; anything not a scalar is left out)."""
-    out = {}
-    for key, value in options.items():
-        value = value.item() if isinstance(value, np.generic) else value
-        if isinstance(value, (bool, int, float, str)):
-            out[key] = value
-    return out
 
 
 def _load_discriminators(

@@ -1,4 +1,4 @@
-"""A TorchSAE checkpoint -> a DeepFaceLab SAEHD model folder (the inverse of ``model_import``).
+"""A TorchSAE checkpoint -> a DeepFaceLab SAEHD model folder (the inverse of ``dfl_import``).
 
 What is written (``model_writer`` writes the files; the names and layouts are the ones the importer
 reads: the model family's ``dfl_files``, ``DISCRIMINATORS``, ``SLOTS``, ``slot_key`` and
@@ -14,7 +14,8 @@ reads: the model family's ``dfl_files``, ``DISCRIMINATORS``, ``SLOTS``, ``slot_k
   every weight.
 * ``data.dat`` (iteration, options, loss history) and ``summary.txt``.
 
-torch is imported inside the functions: ``torchsae.dfl`` stays importable without it.
+torch is imported inside the functions, so listing and option mapping (``torchsae import-dfl`` asking
+which model) run without it.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ import numpy as np
 
 import torchsae
 from torchsae.dfl.errors import DFLExportError
-from torchsae.dfl.model_import import (
+from torchsae.dfl.model_files import (
     DISCRIMINATORS,
     G_OPTIMIZER_FILE,
     SLOTS,

@@ -1,0 +1,72 @@
+"""Imports run one way, as docs/INTERFACES.md draws the layers (read statically, nested imports too).
+
+Why a test: a lazy import inside a function is as much a dependency as one at the top, and an upward
+one (the file-format layer reaching into the trainer, the data pipeline into the loop) is how seams
+erode without anyone deciding it.
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).parent.parent
+
+# package (folder under the repository) -> module prefixes it must never import
+RULES = {
+    "torchsae/dfl": (
+        "torch",
+        "torchsae.models",
+        "torchsae.optim",
+        "torchsae.losses",
+        "torchsae.train",
+        "torchsae.export",
+        "torchsae.convert",
+        "torchsae.merge",
+        "torchsae.cli",
+        "pipelines",
+    ),
+    "torchsae/models": (
+        "torchsae.optim",
+        "torchsae.losses",
+        "torchsae.train",
+        "torchsae.export",
+        "torchsae.convert",
+        "torchsae.merge",
+        "torchsae.cli",
+        "pipelines",
+    ),
+    "pipelines": ("torchsae.train", "torchsae.export", "torchsae.convert", "torchsae.merge", "torchsae.cli"),
+    "torchsae/train": (
+        "torchsae.export",
+        "torchsae.convert",
+        "torchsae.merge",
+        "torchsae.cli",
+        "torchsae.demo",
+    ),
+    "torchsae/export": ("torchsae.convert", "torchsae.merge", "torchsae.cli", "torchsae.demo"),
+}
+
+
+def _imported(path: Path) -> list[str]:
+    names: list[str] = []
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.ImportFrom) and node.level == 0:
+            names.append(node.module or "")
+        elif isinstance(node, ast.Import):
+            names += [alias.name for alias in node.names]
+    return names
+
+
+@pytest.mark.parametrize("package", sorted(RULES))
+def test_a_layer_imports_nothing_above_it(package: str) -> None:
+    banned = RULES[package]
+    offenders = [
+        f"{path.relative_to(ROOT)}: {name}"
+        for path in sorted((ROOT / package).rglob("*.py"))
+        for name in _imported(path)
+        if any(name == b or name.startswith(b + ".") for b in banned)
+    ]
+    assert not offenders, offenders
