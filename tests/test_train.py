@@ -9,10 +9,9 @@ import pytest
 import torch
 import yaml
 from click.testing import CliRunner
-from test_train_support import REPO, TINY_FLAGS, make_faceset, tiny_config
+from test_train_support import REPO, TINY_FLAGS, make_faceset, scale_loss_at, tiny_config
 
 from torchsae.cli.train import train_cmd
-from torchsae.losses import SAEHDLoss
 from torchsae.train import checkpoint as ck
 from torchsae.train.trainer import DivergedError, state_digest, train
 
@@ -108,25 +107,8 @@ def test_restarting_a_finished_run_trains_nothing(tmp_path: Path, faceset) -> No
     assert after["step"] == 2 and state_digest(after["model"]) == state_digest(before["model"])
 
 
-def _nan_loss_at(monkeypatch: pytest.MonkeyPatch, bad_calls: set[int]) -> list[int]:
-    """Make SAEHDLoss return a NaN loss on the given (0-based) calls; returns the call counter."""
-    original = SAEHDLoss.forward
-    calls = [0]
-
-    def forward(self, out, batch, *args, **kwargs):
-        loss, terms = original(self, out, batch, *args, **kwargs)
-        index = calls[0]
-        calls[0] += 1
-        if index in bad_calls:
-            loss = loss * float("nan")
-        return loss, terms
-
-    monkeypatch.setattr(SAEHDLoss, "forward", forward)
-    return calls
-
-
 def test_non_finite_steps_are_skipped_and_counted(tmp_path: Path, faceset, monkeypatch) -> None:
-    _nan_loss_at(monkeypatch, {2, 3})
+    scale_loss_at(monkeypatch, {2, 3}, float("nan"))
     cfg = tiny_config(tmp_path, faceset, 6, save_interval=1, keep=10)
     result = train(cfg)
     assert result.skipped_steps == 2
@@ -143,7 +125,7 @@ def test_repeated_non_finite_steps_restore_the_last_checkpoint(
 ) -> None:
     from torchsae.train import trainer
 
-    _nan_loss_at(monkeypatch, set(range(3, 3 + trainer.NONFINITE_LIMIT)))
+    scale_loss_at(monkeypatch, set(range(3, 3 + trainer.NONFINITE_LIMIT)), float("nan"))
     restored = []
     original_load = trainer._load_weights
 
@@ -164,7 +146,7 @@ def test_repeated_non_finite_steps_restore_the_last_checkpoint(
 def test_divergence_without_a_checkpoint_is_a_clear_error(tmp_path: Path, faceset, monkeypatch) -> None:
     from torchsae.train import trainer
 
-    _nan_loss_at(monkeypatch, set(range(100)))
+    scale_loss_at(monkeypatch, set(range(100)), float("nan"))
     cfg = tiny_config(tmp_path, faceset, 20)
     with pytest.raises(DivergedError, match="non-finite steps in a row"):
         train(cfg)

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from test_train_support import make_faceset, subprocess_env, tiny_config, train_command
+from test_train_support import make_faceset, scale_loss_at, subprocess_env, tiny_config, train_command
 
 from torchsae.errors import TorchSAEError
 from torchsae.losses import SAEHDLoss
@@ -31,19 +31,6 @@ def faceset(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
 def _digests(models: Path) -> dict[str, str]:
     files = [models / "last.pth", *(p for _, p in ck.retained_checkpoints(models))]
     return {p.name: state_digest(ck.load_checkpoint(p)["model"]) for p in files if p.exists()}
-
-
-def _scale_loss_at(monkeypatch: pytest.MonkeyPatch, calls_to_scale: set[int], factor: float) -> None:
-    original = SAEHDLoss.forward
-    calls = [0]
-
-    def forward(self, out, batch, *args, **kwargs):
-        loss, terms = original(self, out, batch, *args, **kwargs)
-        index = calls[0]
-        calls[0] += 1
-        return (loss * factor if index in calls_to_scale else loss), terms
-
-    monkeypatch.setattr(SAEHDLoss, "forward", forward)
 
 
 @pytest.mark.usefixtures("one_thread")
@@ -66,7 +53,7 @@ def test_a_huge_lr_never_overwrites_the_good_checkpoints(tmp_path: Path, faceset
 def test_a_finite_loss_spike_is_a_bad_streak_and_restores(
     tmp_path: Path, faceset, monkeypatch, capsys
 ) -> None:
-    _scale_loss_at(monkeypatch, set(range(15, 20)), 1e4)  # finite, far above the running level
+    scale_loss_at(monkeypatch, set(range(15, 20)), 1e4)  # finite, far above the running level
     cfg = tiny_config(tmp_path, faceset, 24, save_interval=1, keep=100)
     result = train(cfg)
     assert result.skipped_steps == 5
@@ -78,7 +65,7 @@ def test_a_finite_loss_spike_is_a_bad_streak_and_restores(
 
 
 def test_the_spike_guard_can_be_switched_off(tmp_path: Path, faceset, monkeypatch) -> None:
-    _scale_loss_at(monkeypatch, set(range(15, 20)), 1e4)
+    scale_loss_at(monkeypatch, set(range(15, 20)), 1e4)
     cfg = tiny_config(tmp_path, faceset, 22, spike_factor=0.0)
     assert train(cfg).skipped_steps == 0
 
@@ -338,7 +325,7 @@ def test_a_streak_right_after_resuming_restores_an_earlier_copy(
     tmp_path: Path, faceset, monkeypatch, capsys
 ) -> None:
     train(tiny_config(tmp_path, faceset, 10, save_interval=2, keep=3))
-    _scale_loss_at(monkeypatch, set(range(5)), float("nan"))  # the resumed weights are bad at once
+    scale_loss_at(monkeypatch, set(range(5)), float("nan"))  # the resumed weights are bad at once
     result = train(
         tiny_config(tmp_path, faceset, 24, save_interval=2, keep=3), resume=tmp_path / "models" / "last.pth"
     )

@@ -74,3 +74,21 @@ def train_command(faceset: tuple[Path, Path], run_dir: Path, *extra: str) -> lis
         *TINY_FLAGS,
         *extra,
     ]
+
+
+def scale_loss_at(monkeypatch, calls_to_scale: set[int], factor: float) -> list[int]:
+    """Multiply SAEHDLoss's loss by ``factor`` on the given (0-based) calls (``float("nan")``: a
+    non-finite step; a large finite factor: a loss spike); returns the call counter."""
+    from torchsae.losses import SAEHDLoss
+
+    original = SAEHDLoss.forward
+    calls = [0]
+
+    def forward(self, out, batch, *args, **kwargs):
+        loss, terms = original(self, out, batch, *args, **kwargs)
+        index = calls[0]
+        calls[0] += 1
+        return (loss * factor if index in calls_to_scale else loss), terms
+
+    monkeypatch.setattr(SAEHDLoss, "forward", forward)
+    return calls
