@@ -98,7 +98,8 @@ def train(
 
     ``task_factory(effective_config, recompute, device)`` builds the :class:`TrainTask` (default
     SAEHD). A task may also define ``open_stream(cfg, info)`` (its data stream, when no hook opens
-    one) and ``preview_samples(cfg, count, device)`` (its fixed preview faces).
+    one), ``preview_samples(cfg, count, device)`` (its fixed preview faces), ``preview_labels`` (its
+    preview columns' names) and ``on_saved(step, path)`` (rank 0, after each checkpoint written).
     """
     info = init_distributed(config.train.device)
     try:
@@ -520,6 +521,9 @@ class _Trainer:
             self.logger.message(f"Checkpoint not written: {exc}")
             return False
         st.written += 1
+        on_saved = getattr(self.task, "on_saved", None)  # e.g. the modular tasks refresh their bank parts
+        if on_saved is not None:
+            on_saved(at_step, st.last_path)
         for path in paths:
             self.lineage.record(path, at_step)
         if snapshot:
@@ -554,7 +558,8 @@ class _Trainer:
 
     def _write_preview(self) -> None:
         st = self.state
-        image = pv.compose_grid(self.task.preview_columns(self.preview_set))
+        labels = getattr(self.task, "preview_labels", None) or pv.COLUMNS  # a task may name its own
+        image = pv.compose_grid(self.task.preview_columns(self.preview_set), labels)
         pv.write_png(pv.preview_path(self.logs_dir / "previews", st.step), image)
         pv.write_png(self.logs_dir / "loss.png", pv.loss_curve_image(st.metrics["history"]))
         self.logger.image(st.step, "preview", image)
