@@ -139,6 +139,23 @@ class ModularTask:
         self._wrapped: nn.Module = self.model
         self._forward: Callable[..., Any] = self.model
         self.swap_decoders = self._swap_decoders()
+        self.start_notes = self._notes()
+
+    def _notes(self) -> list[str]:
+        """The start summary's lines: what this run trains, into which space, and the X -> Y columns."""
+        run = self.run
+        what = {
+            "identity": f"{run.identity}'s autoencoder",
+            "distill": f"{run.identity}'s autoencoder pulled toward {run.teacher}'s frozen encoder "
+            f"(distill weight {run.distill_weight:g})",
+            "adapter": f"an adapter from {run.identity}'s frozen encoder into {run.into}'s space "
+            f"(frozen {run.into} encoder and decoder)",
+        }[run.mode]
+        swaps = ", ".join(self.swap_decoders) or "none yet"
+        return [
+            f"{'modular':<12} {what}; bank {run.bank}",
+            f"{'latent':<12} {self.produced.id}; previews also decode into: {swaps}",
+        ]
 
     # ---- parts ----
 

@@ -294,6 +294,7 @@ class _Trainer:
             data=self.data,
             step=self.state.step,
             resume=resume,
+            notes=getattr(self.task, "start_notes", ()),  # a task's own summary lines
         )
         self.health = DataHealth(self.data, 2 * run.batch_size)
         for line in self.health.start_lines():
