@@ -105,3 +105,19 @@ def test_compose_checkpoint_loads_for_export(tmp_path: Path) -> None:
     # bob's own decoder (same space) gives decoder_a: A's face mask
     dec_x, _, _ = bank.load_part("decoder", "bob")
     assert state_digest(model.decoder_a.state_dict()) == state_digest(dec_x.state_dict())
+
+
+def test_adapter_chain_is_checked(tmp_path: Path) -> None:
+    bank = _bank_with(tmp_path, "alice", "bob")
+    adapter = Adapter(16)
+    meta = {"input_latent": latent_spec(DF, "bob").to_dict(), "into": "alice"}
+    bank.save_part("adapter", "bob", adapter, latent_spec(DF, "alice"), meta)
+    chain = composed_swap(bank, "bob", "alice", adapter="bob")
+    face = _faces()
+    enc, _, _ = bank.load_part("encoder", "bob")
+    dec, _, _ = bank.load_part("decoder", "alice")
+    assert torch.equal(chain.swap(face)[0], dec(enc(face))[0])  # an untrained adapter changes nothing
+    with pytest.raises(LatentMismatchError, match="alice's encoder produces latent alice:.*bob's adapter"):
+        composed_swap(bank, "alice", "alice", adapter="bob")
+    with pytest.raises(BankError, match="no adapter slot"):
+        compose_checkpoint(bank, "bob", "alice", tmp_path / "x.pth", adapter="bob")

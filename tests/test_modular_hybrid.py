@@ -84,3 +84,24 @@ def test_train_cli_init_from_bank(tmp_path: Path, bank: Path) -> None:
     resumed = CliRunner().invoke(train_cmd, [*flags, "--max-steps", "2"])
     assert resumed.exit_code == 0, resumed.output
     assert "--init-from-bank ignored: resuming" in resumed.output and "<- alice" not in resumed.output
+
+
+def test_hybrid_half_resume_half_is_bitwise_identical(tmp_path: Path, bank: Path) -> None:
+    from torchsae.train import checkpoint as ck
+    from torchsae.train.trainer import train
+
+    faces = make_faceset(tmp_path / "faces", count=4)
+    factory = hybrid_task_factory(HybridInit.from_options(str(bank), None, "alice", "carol"))
+
+    def config(run: str, steps: int):
+        cfg = tiny_config(tmp_path / run, faces, steps)
+        cfg.model = ModelConfig(**DF.__dict__)
+        return cfg.validate()
+
+    train(config("straight", 4), task_factory=factory)
+    train(config("split", 2), task_factory=factory)
+    train(config("split", 4), resume=tmp_path / "split" / "models" / "last.pth")  # resume: plain SAEHD
+    a = ck.load_checkpoint(tmp_path / "straight" / "models" / "last.pth")
+    b = ck.load_checkpoint(tmp_path / "split" / "models" / "last.pth")
+    assert state_digest(a["model"]) == state_digest(b["model"])
+    assert a["data"][0] == b["data"][0]
