@@ -177,3 +177,20 @@ def test_export_refuses_a_spec_the_module_does_not_meet(parts, tmp_path: Path) -
     with pytest.raises(ExportError, match="means"):
         export_encoder_onnx(enc, wrong, tmp_path / "enc.onnx")
     assert not list(tmp_path.iterdir())
+
+
+def test_fp16_parts_and_dfm_face_mask_from_a_face_decoder(parts, files, tmp_path: Path) -> None:
+    enc, dec_b, dec_a, spec = parts
+    half = export_encoder_onnx(enc, spec, tmp_path / "enc16.onnx", opset=12, dtype="fp16")
+    assert half.metadata["dtype"] == "fp16" and half.report.max_diff <= 1e-2
+    out = tmp_path / "ab.dfm"
+    result = runner_compose(
+        half.path, files["dec12"], out, "dfm", "--face-decoder-onnx", str(files["deca12"])
+    )
+    assert result.exit_code == 0, result.output
+    faces = np.random.default_rng(4).random((2, RES, RES, 3), dtype=np.float32)
+    got = DeepFaceLiveDfm(out).convert(faces)
+    with torch.no_grad():
+        _, mask_a = dec_a(enc(torch.from_numpy(faces).permute(0, 3, 1, 2)))
+    assert np.abs(got.face_mask - mask_a.permute(0, 2, 3, 1).numpy()).max() <= 1e-2
+    assert read_metadata(out)["dtype"] == "fp16" and read_metadata(out)["face_mask_from"] == "face_decoder"
