@@ -32,6 +32,8 @@ BANK_COMMANDS: dict[str, str] = {
     "adapt": "torchsae.cli.bank:bank_adapt_cmd",
     "list": "torchsae.cli.bank:bank_list_cmd",
     "compose": "torchsae.cli.bank:bank_compose_cmd",
+    "export-part": "torchsae.cli.bank:bank_export_part_cmd",
+    "join": "torchsae.cli.bank_export:compose_cmd",
 }
 
 # output suffix -> "module:function(bank, encoder, decoder, output, adapter=None)" for `bank compose`
@@ -213,3 +215,26 @@ def bank_compose_cmd(bank_dir: str, encoder: str, decoder: str, adapter: str | N
     click.echo(
         f"Composed {encoder}'s encoder{f' + {adapter} adapter' if adapter else ''} + {decoder}'s decoder -> {written}"
     )
+
+
+@click.command("export-part", context_settings=_CTX)
+@_bank_option
+@click.option("--part", "kind", required=True, type=click.Choice(["encoder", "adapter", "decoder"]))
+@click.option("--identity", required=True, help="Whose part.")
+@click.option(
+    "--output", required=True, type=click.Path(dir_okay=False), help="The part's .onnx file (verified first)."
+)
+@click.option(
+    "--opset", type=int, default=17, show_default=True, help="ONNX opset (12-16 for a later .dfm join)."
+)
+@click.option("--dtype", type=click.Choice(["fp32", "fp16"]), default="fp32", show_default=True)
+def bank_export_part_cmd(
+    bank_dir: str, kind: str, identity: str, output: str, opset: int, dtype: str
+) -> None:
+    """Export one bank part to ONNX with its latent spec in the file's metadata (an adapter is exported
+    behind its identity's encoder); `torchsae bank join` recombines part files at inference."""
+    from torchsae.modular.bank import ModuleBank
+    from torchsae.modular.export import export_part
+
+    written = export_part(ModuleBank(bank_dir), kind, identity, output, opset=opset, dtype=dtype)
+    click.echo(f"Exported {identity}'s {kind} -> {written}")
