@@ -15,4 +15,11 @@ from torchsae.models.latent import (
     valid_name,
 )
 
-__all__ = ["LATENT_VERSION", "VALUE_CONVENTION", "LatentMismatchError", "LatentSpec", "check_compatible", "valid_name"]
+__all__ = [
+    "LATENT_VERSION",
+    "VALUE_CONVENTION",
+    "LatentMismatchError",
+    "LatentSpec",
+    "check_compatible",
+    "valid_name",
+]

@@ -47,7 +47,7 @@ from torchsae.optim import build_optimizer
 from torchsae.train import preview as pv
 from torchsae.train.checkpoint import CheckpointError, TrainingCheckpoint
 from torchsae.train.speed import maybe_compile
-from torchsae.train.task import Autocast, Batch
+from torchsae.train.task import Autocast, Batch, load_task_state, task_state_dicts
 
 MODES = ("identity", "distill", "adapter")
 SIDE = "a"  # the one data side: the identity's faces (data_dir_a, SAEHD's A policy)
@@ -288,16 +288,10 @@ class ModularTask:
         return [c.detach().float().clamp(0, 1).cpu() for c in columns]
 
     def state_dicts(self) -> dict[str, Any]:
-        return {
-            "model": self.model.state_dict(),
-            "optimizers": {name: opt.state_dict() for name, opt in self.optimizers.items()},
-        }
+        return task_state_dicts(self)
 
     def load_state(self, checkpoint: TrainingCheckpoint) -> None:
-        self.model.load_state_dict(checkpoint.model)
-        for name, opt in self.optimizers.items():
-            if name in (checkpoint.optimizers or {}):
-                opt.load_state_dict(checkpoint.optimizers[name])
+        load_task_state(self, checkpoint)
 
     def adapt_checkpoint(
         self, checkpoint: TrainingCheckpoint, path: object

@@ -26,7 +26,7 @@ from torchsae.train.checkpoint import TrainingCheckpoint
 from torchsae.train.memory import apply_recompute
 from torchsae.train.pretrain import leave_pretrain, leaving_pretrain
 from torchsae.train.speed import enable_tf32, maybe_compile, use_channels_last
-from torchsae.train.task import Autocast, Batch
+from torchsae.train.task import Autocast, Batch, load_task_state, task_state_dicts
 
 
 class SAEHDTask:
@@ -86,20 +86,10 @@ class SAEHDTask:
         return pv.preview_columns(self.model, samples)
 
     def state_dicts(self) -> dict[str, Any]:
-        return {
-            "model": self.model.state_dict(),
-            "optimizers": {name: opt.state_dict() for name, opt in self.optimizers.items()},
-            "discriminators": {name: d.state_dict() for name, d in self.discriminators.items()},
-        }
+        return task_state_dicts(self)
 
     def load_state(self, checkpoint: TrainingCheckpoint) -> None:
-        self.model.load_state_dict(checkpoint.model)
-        for name, disc in self.discriminators.items():
-            if name in (checkpoint.discriminators or {}):
-                disc.load_state_dict(checkpoint.discriminators[name])
-        for name, opt in self.optimizers.items():
-            if name in (checkpoint.optimizers or {}):
-                opt.load_state_dict(checkpoint.optimizers[name])
+        load_task_state(self, checkpoint)
 
     def adapt_checkpoint(
         self, checkpoint: TrainingCheckpoint, path: object

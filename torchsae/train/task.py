@@ -74,3 +74,25 @@ class TrainTask(Protocol):
     def leave_pretrain(self, checkpoint: TrainingCheckpoint, path: object) -> str | None:
         """After loading: whether resuming ends pretraining (then done, and the line to print)."""
         ...
+
+
+def task_state_dicts(task: TrainTask) -> dict[str, Any]:
+    """The checkpoint entries of a task's networks: ``model``, ``optimizers``, ``discriminators``
+    (empty for tasks without any); what ``TrainTask.state_dicts`` returns unless a task adds more."""
+    return {
+        "model": task.model.state_dict(),
+        "optimizers": {name: opt.state_dict() for name, opt in task.optimizers.items()},
+        "discriminators": {name: d.state_dict() for name, d in task.discriminators.items()},
+    }
+
+
+def load_task_state(task: TrainTask, checkpoint: TrainingCheckpoint) -> None:
+    """Load what :func:`task_state_dicts` saved (a discriminator or optimiser the file lacks keeps its
+    fresh state: it was off when the file was written)."""
+    task.model.load_state_dict(checkpoint.model)
+    for name, disc in task.discriminators.items():
+        if name in (checkpoint.discriminators or {}):
+            disc.load_state_dict(checkpoint.discriminators[name])
+    for name, opt in task.optimizers.items():
+        if name in (checkpoint.optimizers or {}):
+            opt.load_state_dict(checkpoint.optimizers[name])
