@@ -18,23 +18,31 @@ from torchsae.errors import TorchSAEError
 from torchsae.train.dist import DistInfo
 
 
-def rank_train_stream(cfg: Config, info: DistInfo) -> Any:
+def rank_train_stream(cfg: Config, info: DistInfo, sides: Any = None) -> Any:
     """This rank's endless Batch stream (``next``, ``state_dict``, ``load_state_dict``, ``close``):
-    ``pipelines.batch.make_train_batches`` for ``info``'s rank, world size and device."""
+    ``pipelines.batch.make_train_batches`` for ``info``'s rank, world size and device over ``sides``
+    (default the config's, SAEHD's A and B)."""
     from pipelines.batch import make_train_batches
 
     return make_train_batches(
-        cfg, rank=info.rank, world_size=info.world_size, device=info.device, progress=info.is_main
+        cfg,
+        rank=info.rank,
+        world_size=info.world_size,
+        device=info.device,
+        progress=info.is_main,
+        sides=sides,
     )
 
 
-def make_preview_samples(cfg: Config, count: int, device: torch.device) -> dict[str, torch.Tensor]:
-    """``target_x, mask_x`` for ``count`` fixed faces of each side ``x`` of ``pipelines.sides.data_sides``
-    (SAEHD: ``target_a, mask_a, target_b, mask_b``; BGR [0,1], NCHW)."""
+def make_preview_samples(
+    cfg: Config, count: int, device: torch.device, sides: Any = None
+) -> dict[str, torch.Tensor]:
+    """``target_x, mask_x`` for ``count`` fixed faces of each side ``x`` of ``sides`` (default
+    ``pipelines.sides.data_sides``; SAEHD: ``target_a, mask_a, target_b, mask_b``; BGR [0,1], NCHW)."""
     from pipelines.sides import data_sides
 
     resolution = cfg.model.resolution
-    sides = data_sides(cfg)
+    sides = data_sides(cfg) if sides is None else sides
     if cfg.data.backend == "synthetic":
         from pipelines.synthetic import synthetic_batch
 

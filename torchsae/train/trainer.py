@@ -61,7 +61,7 @@ from torchsae.train.report import RunReport, stream_restart_note
 from torchsae.train.runlock import hold_run_folder
 from torchsae.train.saehd_task import SAEHDTask
 from torchsae.train.signals import StopRequest
-from torchsae.train.task import TrainTask
+from torchsae.train.task import TaskFactory, TrainTask
 
 NONFINITE_LIMIT = 5  # consecutive non-finite steps before the last good checkpoint is restored
 MAX_RESTORES = 3  # restores without a checkpoint written in between before giving up
@@ -85,8 +85,16 @@ class TrainResult:
     stopped_by_signal: bool
 
 
-def train(config: Config, resume: Path | None = None, hooks: TrainHooks | None = None) -> TrainResult:
-    """Train as configured (one process, or one rank of a torchrun job) and return where it ended."""
+def train(
+    config: Config,
+    resume: Path | None = None,
+    hooks: TrainHooks | None = None,
+    task: TaskFactory | None = None,
+) -> TrainResult:
+    """Train as configured (one process, or one rank of a torchrun job) and return where it ended.
+
+    ``task`` builds what is trained from ``(effective config, recompute, device)`` (default SAEHD's
+    ``SAEHDTask``); a task with a ``sides`` attribute is fed those data sides (stream and previews)."""
     info = init_distributed(config.train.device)
     try:
         # one run per folder, taken before anything in it is written or cleaned up
@@ -95,7 +103,7 @@ def train(config: Config, resume: Path | None = None, hooks: TrainHooks | None =
             with StopRequest(announce=info.is_main) as stop:
                 failsafe = Failsafe()
                 try:
-                    trainer = _Trainer(config, info, stop, hooks or NO_HOOKS)
+                    trainer = _Trainer(config, info, stop, hooks or NO_HOOKS, task or SAEHDTask)
                     return trainer.execute(resume, failsafe)
                 except Exception as exc:
                     raise failsafe.failed(exc) from exc
@@ -191,7 +199,10 @@ def state_digest(state_dict: dict[str, torch.Tensor]) -> str:
 class _Trainer:
     """One session of the loop; the methods below run in the order they are written."""
 
-    def __init__(self, cfg: Config, info: DistInfo, stop: StopRequest, hooks: TrainHooks) -> None:
+    def __init__(
+        self, cfg: Config, info: DistInfo, stop: StopRequest, hooks: TrainHooks, task: TaskFactory
+    ) -> None:
+        self.make_task = task
         self.cfg = cfg  # the user's config: saved into checkpoints and config.yaml, the start summary
         self.info, self.stop, self.hooks = info, stop, hooks
         run_dir = Path(cfg.train.run_dir)
@@ -224,13 +235,17 @@ class _Trainer:
         """The task's parts (identical initial weights on every rank), then this rank's data."""
         run, info = self.run, self.info
         _seed_everything(run.config.train.seed)
-        self.task: TrainTask = SAEHDTask(run.config, run.recompute, info.device)
+        self.task: TrainTask = self.make_task(run.config, run.recompute, info.device)
+        sides = getattr(self.task, "sides", None)  # None: the config's (SAEHD's A and B)
         self.scaler = torch.amp.GradScaler(info.device.type, enabled=run.use_scaler)
         # ---- data: each rank draws its own shard; batch_size is per rank and per side ----
         _seed_everything(run.config.train.seed + 1000 * info.rank)
-        self.data = (self.hooks.open_stream or rank_train_stream)(run.config, info)
+        if self.hooks.open_stream is not None:
+            self.data = self.hooks.open_stream(run.config, info)
+        else:
+            self.data = rank_train_stream(run.config, info, sides)
         self.preview_set = (
-            make_preview_samples(run.config, PREVIEW_ROWS, info.device) if info.is_main else None
+            make_preview_samples(run.config, PREVIEW_ROWS, info.device, sides) if info.is_main else None
         )
 
     def _resume(self, resume: Path) -> None:
@@ -536,7 +551,8 @@ class _Trainer:
 
     def _write_preview(self) -> None:
         st = self.state
-        image = pv.compose_grid(self.task.preview_columns(self.preview_set))
+        labels = getattr(self.task, "preview_labels", pv.COLUMNS)
+        image = pv.compose_grid(self.task.preview_columns(self.preview_set), labels)
         pv.write_png(pv.preview_path(self.logs_dir / "previews", st.step), image)
         pv.write_png(self.logs_dir / "loss.png", pv.loss_curve_image(st.metrics["history"]))
         self.logger.image(st.step, "preview", image)
