@@ -60,10 +60,12 @@ def test_two_identities_are_df_exactly() -> None:
 def test_three_identities_train_resume_bitwise_and_swap_every_pair(tmp_path: Path) -> None:
     factory = JointTaskFactory(THREE)
     steps = 4
-    straight = train(tiny(tmp_path / "straight", steps), task=factory)
+    straight = train(tiny(tmp_path / "straight", steps), task_factory=factory)
     assert straight.step == steps and straight.skipped_steps == 0
-    train(tiny(tmp_path / "split", steps // 2), task=factory)
-    resumed = train(tiny(tmp_path / "split", steps), resume=tmp_path / "split/models/last.pth", task=factory)
+    train(tiny(tmp_path / "split", steps // 2), task_factory=factory)
+    resumed = train(
+        tiny(tmp_path / "split", steps), resume=tmp_path / "split/models/last.pth", task_factory=factory
+    )
     assert resumed.step == steps
     a = ck.read_checkpoint(tmp_path / "straight/models/last.pth")
     b = ck.read_checkpoint(tmp_path / "split/models/last.pth")
@@ -99,7 +101,11 @@ def test_three_identities_train_resume_bitwise_and_swap_every_pair(tmp_path: Pat
 def test_a_saehd_checkpoint_is_refused_and_a_style_term_is_one_line(tmp_path: Path) -> None:
     train(tiny(tmp_path / "df", 1))
     with pytest.raises(Exception, match="task 'saehd'"):
-        train(tiny(tmp_path / "df", 2), resume=tmp_path / "df/models/last.pth", task=JointTaskFactory(THREE))
+        train(
+            tiny(tmp_path / "df", 2),
+            resume=tmp_path / "df/models/last.pth",
+            task_factory=JointTaskFactory(THREE),
+        )
     cfg = tiny(tmp_path / "style", 1)
     cfg.loss.face_style_power = 1.0
     with pytest.raises(ConfigError, match="face_style_power must be 0"):

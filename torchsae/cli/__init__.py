@@ -29,6 +29,7 @@ COMMANDS: dict[str, str] = {
     "export-dfl": "torchsae.cli.import_dfl:export_dfl_cmd",
     "swap": "torchsae.cli.swap:swap_cmd",
     "merge": "torchsae.cli.swap:merge_cmd",
+    "bank": "torchsae.cli.bank:bank_group",
 }
 
 

@@ -74,9 +74,36 @@ def flags_to_overrides(options: dict) -> dict[str, dict]:
     return overrides
 
 
+def init_options(func):
+    """``--init-from-bank BANK`` with ``--init-encoder/--init-a/--init-b IDENTITY``: a fresh DF run's
+    parts start from module-bank parts (``torchsae.modular.hybrid``); ignored on resume."""
+    for flag, text in (
+        ("--init-b", "Bank identity whose decoder initialises decoder_b (B, src)."),
+        ("--init-a", "Bank identity whose decoder initialises decoder_a (A, dst)."),
+        ("--init-encoder", "Bank identity whose encoder initialises encoder + inter (default: --init-a's)."),
+    ):
+        func = click.option(flag, default=None, metavar="IDENTITY", help=text)(func)
+    return click.option(
+        "--init-from-bank",
+        type=click.Path(file_okay=False),
+        default=None,
+        help="Module bank (torchsae bank) whose parts initialise a fresh DF run's parts.",
+    )(func)
+
+
 @click.command("train", context_settings={"help_option_names": ["-h", "--help"]})
 @train_options
-def train_cmd(config_file: str | None, resume: str | None, model_size: str | None, **options) -> None:
+@init_options
+def train_cmd(
+    config_file: str | None,
+    resume: str | None,
+    model_size: str | None,
+    init_from_bank: str | None,
+    init_encoder: str | None,
+    init_a: str | None,
+    init_b: str | None,
+    **options,
+) -> None:
     """Train SAEHD on A (dst) and B (src) faces; resumes RUN_DIR/models/last.pth automatically.
 
     \b
@@ -101,12 +128,31 @@ def train_cmd(config_file: str | None, resume: str | None, model_size: str | Non
         note = model_size_note(int(model_size) if model_size else None, config.model)
         if note and _is_main_process():
             click.echo(note)
-        train(config, resume=checkpoint, hooks=hooks if isinstance(hooks, TrainHooks) else None)
+        factory = _init_factory(init_from_bank, init_encoder, init_a, init_b, checkpoint)
+        hooks = hooks if isinstance(hooks, TrainHooks) else None
+        train(config, resume=checkpoint, hooks=hooks, task_factory=factory)
     except TorchSAEError as exc:
         raise click.ClickException(name_flags(str(exc))) from exc
     except KeyboardInterrupt:
         click.echo("Interrupted: stopped without saving.", err=True)
         sys.exit(130)
+
+
+def _init_factory(bank, encoder, a, b, checkpoint):
+    """The hybrid task factory for a fresh run with ``--init-from-bank`` (None: plain SAEHD)."""
+    if bank is None:
+        if encoder or a or b:
+            raise TorchSAEError("--init-encoder/--init-a/--init-b: name the bank with --init-from-bank")
+        return None
+    if checkpoint is not None:
+        if _is_main_process():
+            click.echo(
+                f"--init-from-bank ignored: resuming {checkpoint} (bank parts initialise fresh runs only)"
+            )
+        return None
+    from torchsae.modular.hybrid import HybridInit, hybrid_task_factory
+
+    return hybrid_task_factory(HybridInit.from_options(bank, encoder, a, b))
 
 
 def _is_main_process() -> bool:

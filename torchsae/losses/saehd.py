@@ -123,6 +123,23 @@ class SAEHDLoss(nn.Module):
         parts[f"{prefix}_mask"] = 10.0 * mse_per_sample(mask, pred_mask)
         return torch.stack(list(parts.values())).sum(dim=0), parts
 
+    def side_loss(
+        self,
+        target: torch.Tensor,
+        mask: torch.Tensor,
+        em: torch.Tensor,
+        pred: torch.Tensor,
+        pred_mask: torch.Tensor,
+        prefix: str,
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """One side's reconstruction loss per sample (DSSIM + MSE, masked as configured, eyes-mouth
+        priority, mask MSE) and its components: SAEHD's A/B term for a model with one side
+        (``torchsae.modular``)."""
+        device = target.device
+        with fp32_region(device):
+            mask_blur = soft_dilate_mask(mask.float(), target.shape[-1])
+            return self._side(target, mask, mask_blur, em, pred, pred_mask, prefix)
+
     def _style_terms(
         self, out: Tensors, batch: Tensors, mask_b_blur: torch.Tensor
     ) -> dict[str, torch.Tensor]:

@@ -20,6 +20,11 @@ VALUE_CONVENTION = "float32, unbounded (DF inter output: conv + depth-to-space, 
 _SPACE_RE = re.compile(r"^[A-Za-z0-9_.-]+$")
 
 
+def valid_name(name: object) -> bool:
+    """Whether ``name`` can name a latent space (and a bank identity): letters, digits, '.', '_', '-'."""
+    return isinstance(name, str) and bool(_SPACE_RE.match(name))
+
+
 class LatentMismatchError(TorchSAEError):
     """Two parts declare different latents; raised with one line naming both and what differs."""
 

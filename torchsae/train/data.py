@@ -20,8 +20,8 @@ from torchsae.train.dist import DistInfo
 
 def rank_train_stream(cfg: Config, info: DistInfo, sides: Any = None) -> Any:
     """This rank's endless Batch stream (``next``, ``state_dict``, ``load_state_dict``, ``close``):
-    ``pipelines.batch.make_train_batches`` for ``info``'s rank, world size and device over ``sides``
-    (default the config's, SAEHD's A and B)."""
+    ``pipelines.batch.make_train_batches`` for ``info``'s rank, world size and device (``sides``:
+    default SAEHD's A/B)."""
     from pipelines.batch import make_train_batches
 
     return make_train_batches(

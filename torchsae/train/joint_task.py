@@ -7,7 +7,7 @@ eyes-and-mouth priority, mask MSE; spec §3), summed over the batch like SAEHD's
 ``a`` and ``b`` (data sides keys 0 and 1) model, sides and loss are DF's without the style, GAN and
 true-face terms, which this task does not support (they are defined for one A→B direction only).
 
-Train it with the generic loop: ``train(cfg, task=JointTaskFactory(identities))`` (``cfg.data``'s
+Train it with the generic loop: ``train(cfg, task_factory=JointTaskFactory(identities))`` (``cfg.data``'s
 ``data_dir_a/b`` are not read; each identity names its own folder).
 """
 
@@ -24,7 +24,6 @@ from torch import nn
 from torchsae.config import Config, effective_config
 from torchsae.errors import ConfigError
 from torchsae.losses import SAEHDLoss
-from torchsae.losses.filters import fp32_region, soft_dilate_mask
 from torchsae.models.shared_n import SharedEncoderN, check_identity_names
 from torchsae.optim import build_optimizer
 from torchsae.train.checkpoint import TrainingCheckpoint
@@ -72,7 +71,7 @@ def check_joint_config(cfg: Config) -> None:
 
 
 class JointTask:
-    """The task the loop trains; ``sides`` tells the loop which data stream and previews to open."""
+    """The task the loop trains; its ``open_stream`` and ``preview_samples`` read the identities' sides."""
 
     name = TASK_NAME
 
@@ -98,6 +97,18 @@ class JointTask:
         self._g_params = list(model.parameters())
         self._wrapped: nn.Module = model
         self._forward: Callable[..., Any] = model
+
+    def open_stream(self, cfg: Config, info: Any) -> Any:
+        """This rank's Batch stream over the identities' sides (the loop calls it when no hook does)."""
+        from torchsae.train.data import rank_train_stream
+
+        return rank_train_stream(cfg, info, self.sides)
+
+    def preview_samples(self, cfg: Config, count: int, device: torch.device) -> dict[str, torch.Tensor]:
+        """The fixed preview faces of every identity."""
+        from torchsae.train.data import make_preview_samples
+
+        return make_preview_samples(cfg, count, device, self.sides)
 
     @property
     def generator_params(self) -> list[torch.Tensor]:
@@ -132,28 +143,23 @@ class JointTask:
 
     def generator_loss(self, batch: Batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         out = self._forward({name: batch[f"warped_{name}"] for name in self.identities})
-        device = batch[f"target_{self.identities[0]}"].device
         terms: dict[str, torch.Tensor] = {}
         total: torch.Tensor | None = None
-        with fp32_region(device):
-            for name in self.identities:
-                target, mask = batch[f"target_{name}"], batch[f"mask_{name}"]
-                mask_blur = soft_dilate_mask(mask.float(), target.shape[-1])
-                side_loss, parts = self.loss_fn._side(
-                    target,
-                    mask,
-                    mask_blur,
-                    batch[f"em_{name}"],
-                    out[f"pred_{name}"],
-                    out[f"pred_{name}_mask"],
-                    name,
-                )
-                terms[f"loss_{name}"] = side_loss
-                terms.update(parts)
-                total = side_loss if total is None else total + side_loss
-            assert total is not None
-            terms = {"loss": total, **terms}
-            return total.sum(), {key: value.detach().mean() for key, value in terms.items()}
+        for name in self.identities:
+            side_loss, parts = self.loss_fn.side_loss(
+                batch[f"target_{name}"],
+                batch[f"mask_{name}"],
+                batch[f"em_{name}"],
+                out[f"pred_{name}"],
+                out[f"pred_{name}_mask"],
+                name,
+            )
+            terms[f"loss_{name}"] = side_loss
+            terms.update(parts)
+            total = side_loss if total is None else total + side_loss
+        assert total is not None
+        terms = {"loss": total, **terms}
+        return total.sum(), {key: value.detach().mean() for key, value in terms.items()}
 
     def discriminator_steps(self, batch: Batch, autocast: Autocast) -> dict[str, torch.Tensor]:
         return {}
@@ -203,7 +209,7 @@ class JointTask:
 
 @dataclass(frozen=True)
 class JointTaskFactory:
-    """What ``train(cfg, task=...)`` calls to build the task: ``identities`` = ((name, folder), ...)."""
+    """What ``train(cfg, task_factory=...)`` calls to build the task: ``identities`` = ((name, folder), ...)."""
 
     identities: tuple[tuple[str, str | None], ...]
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import IO, Any
 
@@ -141,8 +142,10 @@ class RunReport:
         data: Any,
         step: int,
         resume: Path | None,
+        notes: Sequence[str] = (),
     ) -> str:
-        """The multi-line summary printed once before the first step."""
+        """The multi-line summary printed once before the first step; ``notes``: the task's own lines
+        (``label  text``, e.g. the parts a hybrid run initialised from a module bank)."""
         cfg = self.cfg
         m, t, o = cfg.model, cfg.train, cfg.optim
         params = sum(p.numel() for p in model.parameters())
@@ -156,6 +159,7 @@ class RunReport:
             f"d {m.resolved_d_dims}, d_mask {m.resolved_d_mask_dims}"
         )
         lines.append(f"  model        {model_line}")
+        lines.extend(f"  {note}" for note in notes)
         for name, disc in discriminators.items():
             count = sum(p.numel() for p in disc.parameters())
             lines.append(f"  {name + ' D':<12} {_count(count)} parameters")
@@ -178,8 +182,10 @@ class RunReport:
             + (f" ({accum} micro-batches of {micro})" if accum > 1 else "")
             + f", global batch {effective * world_size} per side"
         )
+        drawn = {side.name for side in getattr(data, "sides", None) or ()}
         for side, label in (("a", "A (dst)"), ("b", "B (src)")):
-            lines.append(f"  data {label:<8}{_side_line(data, side)}")
+            if not drawn or side in drawn:  # a one-sided task (torchsae.modular) draws A only
+                lines.append(f"  data {label:<8}{_side_line(data, side)}")
         begin = f"resumed from {resume} at step {step}" if resume is not None else "fresh, from step 0"
         lines.append(f"  steps        {begin}; target {t.max_steps}")
         lines.append(

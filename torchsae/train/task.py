@@ -74,8 +74,3 @@ class TrainTask(Protocol):
     def leave_pretrain(self, checkpoint: TrainingCheckpoint, path: object) -> str | None:
         """After loading: whether resuming ends pretraining (then done, and the line to print)."""
         ...
-
-
-# builds the task from (the run's effective config, the memory plan's recompute, the device);
-# ``torchsae.train.trainer.train(..., task=)``, default ``SAEHDTask``
-TaskFactory = Callable[[Any, str, torch.device], TrainTask]

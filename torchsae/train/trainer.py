@@ -61,7 +61,7 @@ from torchsae.train.report import RunReport, stream_restart_note
 from torchsae.train.runlock import hold_run_folder
 from torchsae.train.saehd_task import SAEHDTask
 from torchsae.train.signals import StopRequest
-from torchsae.train.task import TaskFactory, TrainTask
+from torchsae.train.task import TrainTask
 
 NONFINITE_LIMIT = 5  # consecutive non-finite steps before the last good checkpoint is restored
 MAX_RESTORES = 3  # restores without a checkpoint written in between before giving up
@@ -85,16 +85,22 @@ class TrainResult:
     stopped_by_signal: bool
 
 
+TaskFactory = Callable[[Config, str, torch.device], TrainTask]
+
+
 def train(
     config: Config,
     resume: Path | None = None,
     hooks: TrainHooks | None = None,
-    task: TaskFactory | None = None,
+    task_factory: TaskFactory | None = None,
 ) -> TrainResult:
     """Train as configured (one process, or one rank of a torchrun job) and return where it ended.
 
-    ``task`` builds what is trained from ``(effective config, recompute, device)`` (default SAEHD's
-    ``SAEHDTask``); a task with a ``sides`` attribute is fed those data sides (stream and previews)."""
+    ``task_factory(effective_config, recompute, device)`` builds the :class:`TrainTask` (default
+    SAEHD). A task may also define ``open_stream(cfg, info)`` (its data stream, when no hook opens
+    one), ``preview_samples(cfg, count, device)`` (its fixed preview faces), ``preview_labels`` (its
+    preview columns' names) and ``on_saved(step, path)`` (rank 0, after each checkpoint written).
+    """
     info = init_distributed(config.train.device)
     try:
         # one run per folder, taken before anything in it is written or cleaned up
@@ -103,7 +109,7 @@ def train(
             with StopRequest(announce=info.is_main) as stop:
                 failsafe = Failsafe()
                 try:
-                    trainer = _Trainer(config, info, stop, hooks or NO_HOOKS, task or SAEHDTask)
+                    trainer = _Trainer(config, info, stop, hooks or NO_HOOKS, task_factory or SAEHDTask)
                     return trainer.execute(resume, failsafe)
                 except Exception as exc:
                     raise failsafe.failed(exc) from exc
@@ -200,10 +206,12 @@ class _Trainer:
     """One session of the loop; the methods below run in the order they are written."""
 
     def __init__(
-        self, cfg: Config, info: DistInfo, stop: StopRequest, hooks: TrainHooks, task: TaskFactory
+        self, cfg: Config, info: DistInfo, stop: StopRequest, hooks: TrainHooks, task_factory: TaskFactory
     ) -> None:
-        self.make_task = task
-        self.cfg = cfg  # the user's config: saved into checkpoints and config.yaml, the start summary
+        self.cfg = cfg
+        self.task_factory = (
+            task_factory  # the user's config: saved into checkpoints and config.yaml, the start summary
+        )
         self.info, self.stop, self.hooks = info, stop, hooks
         run_dir = Path(cfg.train.run_dir)
         self.models_dir, self.logs_dir = run_dir / "models", run_dir / "logs"
@@ -235,18 +243,14 @@ class _Trainer:
         """The task's parts (identical initial weights on every rank), then this rank's data."""
         run, info = self.run, self.info
         _seed_everything(run.config.train.seed)
-        self.task: TrainTask = self.make_task(run.config, run.recompute, info.device)
-        sides = getattr(self.task, "sides", None)  # None: the config's (SAEHD's A and B)
+        self.task: TrainTask = self.task_factory(run.config, run.recompute, info.device)
         self.scaler = torch.amp.GradScaler(info.device.type, enabled=run.use_scaler)
         # ---- data: each rank draws its own shard; batch_size is per rank and per side ----
         _seed_everything(run.config.train.seed + 1000 * info.rank)
-        if self.hooks.open_stream is not None:
-            self.data = self.hooks.open_stream(run.config, info)
-        else:
-            self.data = rank_train_stream(run.config, info, sides)
-        self.preview_set = (
-            make_preview_samples(run.config, PREVIEW_ROWS, info.device, sides) if info.is_main else None
-        )
+        open_stream = self.hooks.open_stream or getattr(self.task, "open_stream", None) or rank_train_stream
+        self.data = open_stream(run.config, info)
+        previews = getattr(self.task, "preview_samples", None) or make_preview_samples
+        self.preview_set = previews(run.config, PREVIEW_ROWS, info.device) if info.is_main else None
 
     def _resume(self, resume: Path) -> None:
         st, info, say = self.state, self.info, self.say
@@ -290,6 +294,7 @@ class _Trainer:
             data=self.data,
             step=self.state.step,
             resume=resume,
+            notes=getattr(self.task, "start_notes", ()),  # a task's own summary lines
         )
         self.health = DataHealth(self.data, 2 * run.batch_size)
         for line in self.health.start_lines():
@@ -517,6 +522,9 @@ class _Trainer:
             self.logger.message(f"Checkpoint not written: {exc}")
             return False
         st.written += 1
+        on_saved = getattr(self.task, "on_saved", None)  # e.g. the modular tasks refresh their bank parts
+        if on_saved is not None:
+            on_saved(at_step, st.last_path)
         for path in paths:
             self.lineage.record(path, at_step)
         if snapshot:
@@ -551,7 +559,7 @@ class _Trainer:
 
     def _write_preview(self) -> None:
         st = self.state
-        labels = getattr(self.task, "preview_labels", pv.COLUMNS)
+        labels = getattr(self.task, "preview_labels", None) or pv.COLUMNS  # a task may name its own
         image = pv.compose_grid(self.task.preview_columns(self.preview_set), labels)
         pv.write_png(pv.preview_path(self.logs_dir / "previews", st.step), image)
         pv.write_png(self.logs_dir / "loss.png", pv.loss_curve_image(st.metrics["history"]))
