@@ -46,7 +46,13 @@ RULES = {
         "torchsae.cli",
         "torchsae.demo",
     ),
-    "torchsae/export": ("torchsae.convert", "torchsae.merge", "torchsae.cli", "torchsae.demo"),
+    "torchsae/export": (
+        "torchsae.convert",
+        "torchsae.merge",
+        "torchsae.cli",
+        "torchsae.demo",
+        "torchsae.modular",
+    ),
 }
 
 

@@ -70,18 +70,34 @@ def demo_cmd(
     show_default=True,
     help="Also write full frames (OUT_DIR/frames, frames_aligned, frames_truth) for torchsae merge.",
 )
+@click.option(
+    "--identities",
+    "identities",
+    type=click.IntRange(min=2),
+    default=2,
+    help="Identities A, B, C, ... [default: 2]; more than two also write OUT_DIR/truth_ids (every pair's truth).",
+)
 @click.option("--overwrite", is_flag=True, help="Replace a different demo faceset already in OUT_DIR.")
 def make_cmd(
-    out_dir: Path, count: int, seed: int, truth_count: int | None, workers: int, frames: int, overwrite: bool
+    out_dir: Path,
+    count: int,
+    seed: int,
+    truth_count: int | None,
+    workers: int,
+    frames: int,
+    identities: int,
+    overwrite: bool,
 ) -> None:
     """Write a synthetic DeepFaceLab faceset: OUT_DIR/A, OUT_DIR/B (whole_face JPEGs with landmarks and
-    XSeg masks) and OUT_DIR/truth (the same held-out scenes rendered as A and as B)."""
+    XSeg masks) and OUT_DIR/truth (the same held-out scenes rendered as A and as B). With --identities
+    N > 2 also OUT_DIR/C ... and OUT_DIR/truth_ids/<ID> (the held-out scenes as every identity)."""
     from torchsae.demo.faceset import make_demo_faceset
 
     result = make_demo_faceset(
         out_dir,
         count,
         seed=seed,
+        identities=identities,
         truth_count=truth_count,
         workers=workers,
         overwrite=overwrite,
@@ -96,5 +112,10 @@ def make_cmd(
         f"wrote {result.count} faces each to {a_dir} and {b_dir}, {result.truth_count} truth pairs to "
         f"{result.truth_dir} ({total / result.seconds:.0f} faces/s)"
     )
+    if len(result.identities) > 2:
+        click.echo(
+            f"wrote {result.count} faces each to {', '.join(result.identities[2:])} and the truth scenes as "
+            f"every identity to {result.truth_ids_dir}"
+        )
     if frames:
         click.echo(f"wrote {frames} frames to {result.frames_dir}, their aligned faces and truth beside it")

@@ -1,4 +1,4 @@
-"""Write the synthetic demo faceset: DeepFaceLab-format A and B folders plus held-out truth pairs.
+"""Write the synthetic demo faceset: DeepFaceLab-format A and B (and more) folders plus held-out truth.
 
 Layout of ``out_dir`` (count faces per identity, truth_count pairs)::
 
@@ -10,6 +10,12 @@ Layout of ``out_dir`` (count faces per identity, truth_count pairs)::
     truth/manifest.json    identities, scenes and file names of the pairs
     frames/, frames_aligned/, frames_truth/   only with ``frames`` > 0: full scenes, the faces cut
                            out of them and the same scenes as B (see torchsae.demo.frames)
+    truth_ids/<ID>/0000.jpg        only with more than two identities: held-out scene 0 rendered as
+    truth_ids/<ID>/0000_mask.png   identity ID and the pixels that are face in it (0/255); every
+    truth_ids/manifest.json        identity renders the *same* scenes, so for any ordered pair X != Y,
+                                   truth_ids/Y/0000.jpg is the ideal X->Y swap of truth_ids/X/0000.jpg
+                                   inside mask_X & mask_Y (``torchsae.demo.score.load_pair_truth``).
+                                   truth_ids/A/0000.jpg has the same bytes as truth/0000_a.jpg.
     demo_faceset.json      written last: the parameters, so an identical request reuses the folder
 
 Every JPEG is what DeepFaceLab's extractor plus XSeg apply would leave: OpenCV quality-90 JPEG of the
@@ -51,9 +57,11 @@ JPEG_QUALITY = 90  # DeepFaceLab's extractor default
 XSEG_SIZE = 256  # DeepFaceLab's XSeg apply always stores 256x256 masks
 _FACESET_KIND, _TRUTH_KIND = 0, 1
 _OUR_FILES = re.compile(
-    r"^(\d{5,}\.jpg|\d{4,}_(a|b)\.jpg|\d{4,}_mask\.png|manifest\.json|\d{5,}\.png|\d{5,}_\d+\.jpg)$"
+    r"^(\d{4,}\.jpg|\d{4,}_(a|b)\.jpg|\d{4,}_mask\.png|manifest\.json|\d{5,}\.png|\d{5,}_\d+\.jpg)$"
 )
 FRAME_FOLDERS = ("frames", "frames_aligned", "frames_truth")
+TRUTH_IDS = "truth_ids"
+_RESERVED = ("truth", TRUTH_IDS, *FRAME_FOLDERS)
 STAMP = "demo_faceset.json"
 
 
@@ -62,7 +70,7 @@ class DemoFaceset:
     """Where a demo faceset was written and what it holds."""
 
     root: Path
-    identities: tuple[str, str]
+    identities: tuple[str, ...]  # A and B first; more only when made with more identities
     count: int
     truth_count: int
     seed: int
@@ -75,7 +83,16 @@ class DemoFaceset:
 
     @property
     def truth_dir(self) -> Path:
+        """The A->B truth pairs (always written)."""
         return self.root / "truth"
+
+    @property
+    def truth_ids_dir(self) -> Path:
+        """The held-out scenes rendered as every identity (written with more than two identities)."""
+        return self.root / TRUTH_IDS
+
+    def identity_dir(self, name: str) -> Path:
+        return self.root / name
 
     @property
     def frames_dir(self) -> Path:
@@ -165,6 +182,24 @@ def _truth_item(job: tuple[Path, int, tuple[str, str], int]) -> dict:
     }
 
 
+def _truth_id_item(job: tuple[Path, int, str, int]) -> None:
+    folder, seed, name, index = job
+    face = render_face(identity_for(name), scene_for(seed, _TRUTH_KIND, "truth", index))
+    path = folder / f"{index:04d}.jpg"
+    atomic_write_bytes(path, encode_face(face, f"truth_{index:04d}.png", str(path)))
+    ok, png = cv2.imencode(".png", face.mask * np.uint8(255))
+    if not ok:
+        raise TorchSAEError(f"{folder / f'{index:04d}_mask.png'}: OpenCV could not encode the PNG")
+    atomic_write_bytes(folder / f"{index:04d}_mask.png", png.tobytes())
+
+
+def identity_names(count: int) -> tuple[str, ...]:
+    """``count`` identity names: A, B, C, ... Z, then id_26, id_27, ... (A and B are the presets)."""
+    if count < 2:
+        raise TorchSAEError(f"identities {count}: need at least two")
+    return tuple(chr(ord("A") + i) if i < 26 else f"id_{i}" for i in range(count))
+
+
 def _run(func, jobs: list, workers: int) -> list:
     if workers <= 1 or len(jobs) < 2:
         return [func(job) for job in jobs]
@@ -181,29 +216,52 @@ def _check_target(root: Path, params: dict, overwrite: bool) -> str:
     faces with other (or no) frames (only the frames are then redone), ``"new"`` when it is empty or
     was cleared; raise when it holds something else."""
     stamp = root / STAMP
-    if stamp.is_file() and not overwrite:
-        try:
-            stored = json.loads(stamp.read_text("utf-8"))
-        except (OSError, ValueError):
-            stored = None
+    try:
+        stored = json.loads(stamp.read_text("utf-8")) if stamp.is_file() else None
+    except (OSError, ValueError):
+        stored = None
+    if stored is not None and not overwrite:
         if stored == params:
             return "same"
         if isinstance(stored, dict) and _faces_only(stored) == _faces_only(params):
             _clear(root, FRAME_FOLDERS, overwrite=True)
             stamp.unlink(missing_ok=True)
             return "frames"
-    _clear(root, (*params["identities"], "truth", *FRAME_FOLDERS), overwrite)
+    earlier = stored.get("identities", []) if isinstance(stored, dict) else []
+    earlier = earlier if isinstance(earlier, list) else []  # a previous run's extra identities go too
+    names = list(dict.fromkeys([*params["identities"], *(n for n in earlier if _plain_name(n))]))
+    _clear_truth_ids(root, overwrite)
+    _clear(root, (*names, "truth", *FRAME_FOLDERS), overwrite)
+    for name in (*(n for n in names if n not in params["identities"]), TRUTH_IDS):
+        if (root / name).is_dir() and not any((root / name).iterdir()):
+            (root / name).rmdir()  # emptied: an identity (or truth_ids) this faceset no longer has
     stamp.unlink(missing_ok=True)  # written again only once the new faceset is complete
     return "new"
 
 
-def _clear(root: Path, names, overwrite: bool) -> None:
+def _plain_name(name: object) -> bool:
+    return isinstance(name, str) and bool(re.fullmatch(r"[A-Za-z0-9_-]+", name)) and name not in _RESERVED
+
+
+def _clear_truth_ids(root: Path, overwrite: bool) -> None:
+    """Clear ``truth_ids/<ID>`` folders and the manifest (as :func:`_clear`), then remove the folders."""
+    top = root / TRUTH_IDS
+    if not top.is_dir():
+        return
+    subdirs = [p for p in top.iterdir() if p.is_dir() and _plain_name(p.name)]
+    _clear(top, [p.name for p in subdirs], overwrite)
+    _clear(root, (TRUTH_IDS,), overwrite, skip=set(subdirs))
+    for p in subdirs:
+        p.rmdir()
+
+
+def _clear(root: Path, names, overwrite: bool, skip: set[Path] = frozenset()) -> None:
     """Delete our own generated files in ``root/<names>``; raise on foreign files (or any, without
     ``overwrite``)."""
     for folder in (root / name for name in names):
         if not folder.is_dir():
             continue
-        files = [p for p in folder.iterdir() if not p.name.startswith(".")]
+        files = [p for p in folder.iterdir() if not p.name.startswith(".") and p not in skip]
         foreign = [p for p in files if not _OUR_FILES.match(p.name)]
         if foreign:
             raise TorchSAEError(
@@ -222,7 +280,7 @@ def make_demo_faceset(
     out_dir: str | Path,
     count: int,
     seed: int = 0,
-    identities: Sequence[str] = ("A", "B"),
+    identities: Sequence[str] | int = ("A", "B"),
     truth_count: int | None = None,
     workers: int = 1,
     overwrite: bool = False,
@@ -231,14 +289,17 @@ def make_demo_faceset(
     """Render ``count`` faces per identity and ``truth_count`` held-out pairs into ``out_dir``.
 
     ``truth_count`` defaults to min(count, 32). Identities "A" and "B" are fixed presets; other names
-    get a person derived from the name. Re-running with the same arguments reuses a complete folder;
+    get a person derived from the name; an int N means :func:`identity_names` (N). With more than two
+    identities, ``truth_ids/`` also holds every truth scene rendered as every identity. Re-running with the same arguments reuses a complete folder;
     a folder holding a different demo faceset is replaced only with ``overwrite=True``. ``frames`` > 0
     also writes that many full frames with their aligned faces and truth (``torchsae.demo.frames``).
     """
-    if len(identities) != 2 or identities[0] == identities[1]:
-        raise TorchSAEError(f"identities {tuple(identities)!r}: need two different names (A and B)")
+    if isinstance(identities, int):
+        identities = identity_names(identities)
+    if len(identities) < 2 or len(set(identities)) != len(identities):
+        raise TorchSAEError(f"identities {tuple(identities)!r}: need two or more different names (A, B, ...)")
     for name in identities:
-        if not re.fullmatch(r"[A-Za-z0-9_-]+", str(name)) or name == "truth":
+        if not _plain_name(str(name)):
             raise TorchSAEError(
                 f"identity {name!r}: must be a plain folder name (letters, digits, _ or -), not 'truth'"
             )
@@ -248,7 +309,7 @@ def make_demo_faceset(
     if truth_count < 0:
         raise TorchSAEError(f"truth_count {truth_count}: must be 0 or more")
     root = Path(out_dir)
-    names = (str(identities[0]), str(identities[1]))
+    names = tuple(str(name) for name in identities)
     params = {
         "format": FORMAT,
         "version": VERSION,
@@ -271,23 +332,26 @@ def make_demo_faceset(
     if frames:
         for name in FRAME_FOLDERS:
             (root / name).mkdir(parents=True, exist_ok=True)
-        items = _run(frame_item, [(root, int(seed), names, i) for i in range(frames)], workers)
-        write_frames_manifest(root, int(seed), names, items)
+        pair = (names[0], names[1])
+        items = _run(frame_item, [(root, int(seed), pair, i) for i in range(frames)], workers)
+        write_frames_manifest(root, int(seed), pair, items)
     atomic_write_text(root / STAMP, json.dumps(params, indent=1))
     return DemoFaceset(root, names, int(count), truth_count, int(seed), time.perf_counter() - start)
 
 
 def _write_faces(
-    root: Path, names: tuple[str, str], seed: int, count: int, truth_count: int, workers: int
+    root: Path, names: tuple[str, ...], seed: int, count: int, truth_count: int, workers: int
 ) -> None:
-    """The A and B facesets and the truth pairs (everything but the frames)."""
+    """The identities' facesets, the A->B truth pairs and, with more than two identities, the truth
+    scenes as every identity (everything but the frames)."""
     jobs = [(root / name, int(seed), name, i) for name in names for i in range(count)]
     for name in names:
         (root / name).mkdir(parents=True, exist_ok=True)
     _run(_faceset_item, jobs, workers)
     truth = root / "truth"
     truth.mkdir(parents=True, exist_ok=True)
-    items = _run(_truth_item, [(truth, int(seed), names, i) for i in range(truth_count)], workers)
+    pair = (names[0], names[1])
+    items = _run(_truth_item, [(truth, int(seed), pair, i) for i in range(truth_count)], workers)
     manifest = {
         "format": "torchsae-demo-truth",
         "version": VERSION,
@@ -300,3 +364,33 @@ def _write_faces(
         "items": items,
     }
     atomic_write_text(truth / "manifest.json", json.dumps(manifest, indent=1))
+    if len(names) > 2:
+        _write_truth_ids(root, names, seed, truth_count, workers, items)
+
+
+def _write_truth_ids(
+    root: Path, names: tuple[str, ...], seed: int, truth_count: int, workers: int, items: list[dict]
+) -> None:
+    top = root / TRUTH_IDS
+    for name in names:
+        (top / name).mkdir(parents=True, exist_ok=True)
+    jobs = [(top / name, int(seed), name, i) for name in names for i in range(truth_count)]
+    _run(_truth_id_item, jobs, workers)
+    manifest = {
+        "format": "torchsae-demo-truth-ids",
+        "version": VERSION,
+        "seed": int(seed),
+        "resolution": 512,
+        "face_type": "whole_face",
+        "about": "Each item is one held-out scene; <ID>/<NNNN>.jpg renders it as identity ID, "
+        "<ID>/<NNNN>_mask.png is where that render is face (skin, no hair). For an ordered pair X != Y, "
+        "Y's render is the ideal X->Y swap of X's inside mask_X & mask_Y.",
+        "identities": {name: identity_for(name).to_dict() for name in names},
+        "pairs": [f"{x}_to_{y}" for x in names for y in names if x != y],
+        "items": [
+            {"index": it["index"], "image": f"{it['index']:04d}.jpg", "mask": f"{it['index']:04d}_mask.png",
+             "scene": it["scene"]}
+            for it in items
+        ],
+    }  # fmt: skip
+    atomic_write_text(top / "manifest.json", json.dumps(manifest, indent=1))

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -48,30 +49,118 @@ def load_truth(truth_dir: str | Path, resolution: int) -> tuple[torch.Tensor, to
     sees them exactly as it saw its training faces; masks are resized with linear interpolation.
     """
     truth_dir = Path(truth_dir)
-    manifest = truth_dir / "manifest.json"
-    try:
-        items = json.loads(manifest.read_text(encoding="utf-8"))["items"]
-    except (OSError, ValueError, KeyError) as exc:
-        raise TorchSAEError(f"{manifest}: not a demo truth manifest ({exc})") from exc
-    if not items:
-        raise TorchSAEError(f"{manifest}: holds no truth pairs")
+    items = _read_manifest(truth_dir / "manifest.json", "truth")["items"]
     faces_a, faces_b, masks = [], [], []
     for item in items:
-        for key, out in (("a", faces_a), ("b", faces_b)):
-            path = truth_dir / item[key]
-            try:
-                out.append(decode_bgr(path.read_bytes(), resolution))
-            except (OSError, ValueError) as exc:
-                raise TorchSAEError(f"{path}: unreadable truth image ({exc})") from exc
-        mask = cv2.imread(str(truth_dir / item["mask"]), cv2.IMREAD_GRAYSCALE)
-        if mask is None:
-            raise TorchSAEError(f"{truth_dir / item['mask']}: unreadable truth mask")
+        faces_a.append(_decode(truth_dir / item["a"], resolution))
+        faces_b.append(_decode(truth_dir / item["b"], resolution))
+        mask = _read_mask(truth_dir / item["mask"])
         masks.append(cv2.resize(mask, (resolution, resolution), interpolation=cv2.INTER_LINEAR))
+    return _images(faces_a), _images(faces_b), _masks(masks)
 
-    def images(arrays: list[np.ndarray]) -> torch.Tensor:
-        return torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).float() / 255.0
 
-    return images(faces_a), images(faces_b), torch.from_numpy(np.stack(masks)).float().unsqueeze(1) / 255.0
+def _read_manifest(path: Path, what: str) -> dict:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+        if not data["items"]:
+            raise TorchSAEError(f"{path}: holds no truth items")
+        return data
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise TorchSAEError(f"{path}: not a demo {what} manifest ({exc})") from exc
+
+
+def _decode(path: Path, resolution: int) -> np.ndarray:
+    try:
+        return decode_bgr(path.read_bytes(), resolution)
+    except (OSError, ValueError) as exc:
+        raise TorchSAEError(f"{path}: unreadable truth image ({exc})") from exc
+
+
+def _read_mask(path: Path) -> np.ndarray:
+    mask = cv2.imread(str(path), cv2.IMREAD_GRAYSCALE)
+    if mask is None:
+        raise TorchSAEError(f"{path}: unreadable truth mask")
+    return mask
+
+
+def truth_pairs(root: str | Path) -> list[tuple[str, str]]:
+    """Every ordered (X, Y) identity pair of a demo faceset folder that has swap truth."""
+    root = Path(root)
+    ids = root / "truth_ids" / "manifest.json"
+    if ids.is_file():
+        names = list(_read_manifest(ids, "truth_ids")["identities"])
+        return [(x, y) for x in names for y in names if x != y]
+    names = [
+        v["name"] for v in _read_manifest(root / "truth" / "manifest.json", "truth")["identities"].values()
+    ]
+    return [(names[0], names[1]), (names[1], names[0])]
+
+
+def load_pair_truth(
+    root: str | Path, source: str, target: str, resolution: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``source`` faces, ``target`` faces (the same held-out scenes) and their masks for the X->Y swap.
+
+    ``root`` is a ``torchsae demo make`` folder: made with more than two identities, the pair comes from
+    ``truth_ids/`` (mask = face in both renders); made with two, from ``truth/`` (either direction).
+    Images and masks are prepared as :func:`load_truth` does.
+    """
+    root = Path(root)
+    if source == target:
+        raise TorchSAEError(f"swap {source}->{target}: source and target must differ")
+    ids = root / "truth_ids"
+    if (ids / "manifest.json").is_file():
+        manifest = _read_manifest(ids / "manifest.json", "truth_ids")
+        for name in (source, target):
+            if name not in manifest["identities"]:
+                raise TorchSAEError(f"{ids}: no identity {name!r} (has {', '.join(manifest['identities'])})")
+        faces_x, faces_y, masks = [], [], []
+        for item in manifest["items"]:
+            faces_x.append(_decode(ids / source / item["image"], resolution))
+            faces_y.append(_decode(ids / target / item["image"], resolution))
+            both = np.minimum(
+                _read_mask(ids / source / item["mask"]), _read_mask(ids / target / item["mask"])
+            )
+            masks.append(cv2.resize(both, (resolution, resolution), interpolation=cv2.INTER_LINEAR))
+        return _images(faces_x), _images(faces_y), _masks(masks)
+    pair = tuple(
+        v["name"] for v in _read_manifest(root / "truth" / "manifest.json", "truth")["identities"].values()
+    )
+    faces_a, faces_b, masks = load_truth(root / "truth", resolution)
+    if (source, target) == pair:
+        return faces_a, faces_b, masks
+    if (target, source) == pair:
+        return faces_b, faces_a, masks
+    raise TorchSAEError(f"{root}: no truth for {source}->{target} (identities {pair[0]}, {pair[1]})")
+
+
+def pair_swap_score(
+    swap: Callable[[torch.Tensor], torch.Tensor],
+    root: str | Path,
+    source: str,
+    target: str,
+    resolution: int,
+    batch_size: int = 16,
+) -> SwapScore:
+    """Score ``swap`` (N,3,R,R BGR [0,1] faces of ``source`` -> the same faces as ``target``) on the truth."""
+    faces_x, faces_y, masks = load_pair_truth(root, source, target, resolution)
+    with torch.no_grad():
+        swapped = torch.cat([swap(chunk).float().cpu() for chunk in faces_x.split(batch_size)])
+    return score_images(swapped.clamp(0, 1), faces_y, masks)
+
+
+def no_swap_pair_score(root: str | Path, source: str, target: str, resolution: int) -> SwapScore:
+    """The X->Y floor: the source's own face scored against the target's."""
+    faces_x, faces_y, masks = load_pair_truth(root, source, target, resolution)
+    return score_images(faces_x, faces_y, masks)
+
+
+def _images(arrays: list[np.ndarray]) -> torch.Tensor:
+    return torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).float() / 255.0
+
+
+def _masks(arrays: list[np.ndarray]) -> torch.Tensor:
+    return torch.from_numpy(np.stack(arrays)).float().unsqueeze(1) / 255.0
 
 
 def masked_psnr(pred: torch.Tensor, truth: torch.Tensor, mask: torch.Tensor) -> float:

@@ -125,8 +125,8 @@ def _export_in(
         graph = reference
     proto, exporter = trace_to_onnx(graph, layout, resolution, opset, str(output), workdir)
     metadata = model_metadata(model_cfg, layout, dtype, opset, step, exporter)
-    _finish_proto(proto, metadata)
-    _pin_io_shapes(proto, layout, resolution)
+    finish_proto(proto, metadata)
+    pin_io_shapes(proto, layout, resolution)
     check_ops_exist(proto, str(output))
     external = tensor_bytes(proto) >= PROTOBUF_LIMIT
     if external:
@@ -153,11 +153,28 @@ def trace_to_onnx(graph: nn.Module, layout: str, resolution: int, opset: int, la
     The exporters write into ``workdir`` (switching to external data by themselves for models over
     2 GiB); the proto is loaded back with its weights.
     """
+    spec = LAYOUTS[layout]
+    # batch 2: torch.export specialises sizes 0 and 1; a private generator leaves the caller's RNG alone
+    sample = torch.rand(spec.input_shape(2, resolution), generator=torch.Generator().manual_seed(0))
+    return trace_io(graph, sample, spec.input_name, spec.output_names, opset, label, workdir)
+
+
+def trace_io(
+    graph: nn.Module,
+    sample: torch.Tensor,
+    input_name: str,
+    output_names: tuple[str, ...],
+    opset: int,
+    label: str,
+    workdir: Path,
+):
+    """:func:`trace_to_onnx` for any one-input graph: ``sample`` (batch 2, the batch axis dynamic) fed
+    as ``input_name`` (also the name of ``graph.forward``'s argument), outputs named ``output_names``."""
     order = ("torchscript", "dynamo") if opset <= 17 else ("dynamo", "torchscript")
     errors = []
     for exporter in order:
         try:
-            proto = _export_with(exporter, graph, layout, resolution, opset, workdir / exporter)
+            proto = _export_with(exporter, graph, sample, input_name, output_names, opset, workdir / exporter)
         except Exception as exc:  # exporters raise many types; try the other path, report both
             errors.append(f"{exporter}: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}")
             continue
@@ -168,19 +185,24 @@ def trace_to_onnx(graph: nn.Module, layout: str, resolution: int, opset: int, la
     raise ExportError(f"{label}: could not export opset {opset} ({'; '.join(errors)})")
 
 
-def _export_with(exporter: str, graph: nn.Module, layout: str, resolution: int, opset: int, folder: Path):
+def _export_with(
+    exporter: str,
+    graph: nn.Module,
+    sample: torch.Tensor,
+    input_name: str,
+    output_names: tuple[str, ...],
+    opset: int,
+    folder: Path,
+):
     import onnx
 
-    spec = LAYOUTS[layout]
     folder.mkdir()
     path = str(folder / "graph.onnx")
-    # batch 2: torch.export specialises sizes 0 and 1; a private generator leaves the caller's RNG alone
-    sample = torch.rand(spec.input_shape(2, resolution), generator=torch.Generator().manual_seed(0))
-    names = dict(input_names=[spec.input_name], output_names=list(spec.output_names), opset_version=opset)
+    names = dict(input_names=[input_name], output_names=list(output_names), opset_version=opset)
     with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()), torch.no_grad():
         warnings.simplefilter("ignore")
         if exporter == "torchscript":
-            axes = {name: {0: BATCH_AXIS} for name in (spec.input_name, *spec.output_names)}
+            axes = {name: {0: BATCH_AXIS} for name in (input_name, *output_names)}
             torch.onnx.export(
                 graph, (sample,), path, dynamo=False, dynamic_axes=axes, do_constant_folding=True, **names
             )
@@ -190,7 +212,7 @@ def _export_with(exporter: str, graph: nn.Module, layout: str, resolution: int, 
                 graph,
                 (sample,),
                 dynamo=True,
-                dynamic_shapes={"face": {0: batch}},
+                dynamic_shapes=({0: batch},),
                 verbose=False,
                 optimize=True,
                 **names,
@@ -217,13 +239,8 @@ def model_metadata(
         "e_dims": str(model_cfg.resolved_e_dims),
         "d_dims": str(model_cfg.resolved_d_dims),
         "d_mask_dims": str(model_cfg.resolved_d_mask_dims),
-        "channel_order": "BGR",
-        "value_range": "0..1",
         "layout": layout,
-        "tensor_layout": "NHWC" if spec.channels_last else "NCHW",
-        "dtype": dtype,
-        "io_dtype": "float32",
-        "opset": str(opset),
+        **io_facts(spec.channels_last, dtype, opset),
         "exporter": exporter,
         "training_step": "" if step is None else str(int(step)),
         "input": spec.input_name,
@@ -232,19 +249,36 @@ def model_metadata(
     }
 
 
-def _finish_proto(proto, metadata: dict[str, str]) -> None:
+def io_facts(channels_last: bool, dtype: str, opset: int) -> dict[str, str]:
+    """The metadata every TorchSAE ONNX file states about its tensors (edges float32 BGR in [0, 1])."""
+    return {
+        "channel_order": "BGR",
+        "value_range": "0..1",
+        "tensor_layout": "NHWC" if channels_last else "NCHW",
+        "dtype": dtype,
+        "io_dtype": "float32",
+        "opset": str(opset),
+    }
+
+
+def finish_proto(
+    proto,
+    metadata: dict[str, str],
+    name: str = "SAEHD",
+    doc: str = "TorchSAE SAEHD face swap: A face in, B identity out (BGR, [0, 1])",
+) -> None:
     """Stamp producer, graph name and metadata onto the traced model."""
     proto.producer_name = "torchsae"
     proto.producer_version = torchsae.__version__
-    proto.graph.name = "SAEHD"
-    proto.doc_string = "TorchSAE SAEHD face swap: A face in, B identity out (BGR, [0, 1])"
+    proto.graph.name = name
+    proto.doc_string = doc
     del proto.metadata_props[:]
     for key, value in metadata.items():
         entry = proto.metadata_props.add()
         entry.key, entry.value = key, value
 
 
-def _pin_io_shapes(proto, layout: str, resolution: int) -> None:
+def pin_io_shapes(proto, layout: str, resolution: int) -> None:
     """Declare the contract's shapes on the graph inputs and outputs: batch symbolic, the rest static.
 
     The TorchScript exporter leaves output H and W symbolic; DeepFaceLive and TensorRT read static
@@ -252,8 +286,13 @@ def _pin_io_shapes(proto, layout: str, resolution: int) -> None:
     graph really produces them.
     """
     spec = LAYOUTS[layout]
-    declared = [(proto.graph.input[0], spec.input_shape(1, resolution))]
-    declared += list(zip(proto.graph.output, spec.output_shapes(1, resolution), strict=True))
+    pin_shapes(proto, [spec.input_shape(1, resolution)], spec.output_shapes(1, resolution))
+
+
+def pin_shapes(proto, inputs, outputs) -> None:
+    """Declare each graph input's and output's shape (batch symbolic, the rest of ``shape[1:]`` static)."""
+    declared = list(zip(proto.graph.input, inputs, strict=True))
+    declared += list(zip(proto.graph.output, outputs, strict=True))
     for value, shape in declared:
         dims = value.type.tensor_type.shape.dim
         del dims[:]

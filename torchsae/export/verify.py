@@ -138,11 +138,21 @@ def verify_onnx(
             f"{label}: graph names {in_names} -> {list(out_names)} do not match layout {layout!r} "
             f"({spec.input_name} -> {list(spec.output_names)})"
         )
-    report = VerifyReport(tolerance_for(dtype))
+    sets = {
+        name: spec.to_input(faces_nhwc) for name, faces_nhwc in verification_inputs(resolution, faces).items()
+    }
+    return verify_session(session, reference, spec.input_name, sets, tolerance_for(dtype), label)
+
+
+def verify_session(
+    session, reference: nn.Module, input_name: str, sets: dict[str, np.ndarray], tolerance: float, label: str
+) -> VerifyReport:
+    """Feed each input set to ``session`` (as ``input_name``) and to ``reference``; compare every output."""
+    out_names = tuple(o.name for o in session.get_outputs())
+    report = VerifyReport(tolerance)
     reference = reference.eval()
-    for set_name, faces_nhwc in verification_inputs(resolution, faces).items():
-        feed = spec.to_input(faces_nhwc)
-        got = session.run(None, {spec.input_name: feed})
+    for set_name, feed in sets.items():
+        got = session.run(None, {input_name: feed})
         with torch.no_grad():
             want = [t.detach().cpu().float().numpy() for t in reference(torch.from_numpy(feed))]
         report.diffs[set_name] = compare_outputs(
