@@ -110,3 +110,26 @@ def test_a_saehd_checkpoint_is_refused_and_a_style_term_is_one_line(tmp_path: Pa
     cfg.loss.face_style_power = 1.0
     with pytest.raises(ConfigError, match="face_style_power must be 0"):
         JointTask(cfg, "none", torch.device("cpu"), THREE)
+
+
+def test_the_cli_trains_three_identities_into_a_bank_and_compose_joins_any_pair(tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from torchsae.cli import main as cli
+    from torchsae.modular.bank import ModuleBank
+    from torchsae.modular.compose import composed_swap
+
+    flags = ["--resolution", "32", "--ae-dims", "16", "--e-dims", "8", "--d-dims", "8", "--d-mask-dims", "4"]
+    flags += ["--device", "cpu", "--backend", "synthetic", "--batch-size", "2", "--max-steps", "2"]
+    ids = [arg for name in ("x", "y", "z") for arg in ("--data-dir", f"{name}={tmp_path / name}")]
+    bank = tmp_path / "bank"
+    result = CliRunner().invoke(cli, ["train-joint", "--bank", str(bank), *ids, *flags])
+    assert result.exit_code == 0, result.output
+    assert (bank / "runs/joint/models/last.pth").is_file()
+    parts = {(p.identity, p.kind) for p in ModuleBank(bank).list()}
+    assert parts == {(n, k) for n in ("x", "y", "z") for k in ("encoder", "decoder")}
+    assert {p.latent.space for p in ModuleBank(bank).list()} == {"joint-x-y-z"}
+    swapped = composed_swap(ModuleBank(bank), "z", "x").swap(torch.rand(1, 3, 32, 32))[0]
+    assert swapped.shape == (1, 3, 32, 32)
+    one = CliRunner().invoke(cli, ["train-joint", "--data-dir", f"x={tmp_path}", *flags])
+    assert one.exit_code != 0 and "at least two identities" in one.output
