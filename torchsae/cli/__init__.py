@@ -30,6 +30,7 @@ COMMANDS: dict[str, str] = {
     "swap": "torchsae.cli.swap:swap_cmd",
     "merge": "torchsae.cli.swap:merge_cmd",
     "bank": "torchsae.cli.bank:bank_group",
+    "train-joint": "torchsae.cli.train_joint:train_joint_cmd",
 }
 
 
