@@ -26,6 +26,7 @@ RULES = {
         "torchsae.convert",
         "torchsae.merge",
         "torchsae.cli",
+        "torchsae.modular",
         "pipelines",
     ),
     "torchsae/models": (
@@ -36,14 +37,23 @@ RULES = {
         "torchsae.convert",
         "torchsae.merge",
         "torchsae.cli",
+        "torchsae.modular",
         "pipelines",
     ),
-    "pipelines": ("torchsae.train", "torchsae.export", "torchsae.convert", "torchsae.merge", "torchsae.cli"),
+    "pipelines": (
+        "torchsae.train",
+        "torchsae.export",
+        "torchsae.convert",
+        "torchsae.merge",
+        "torchsae.cli",
+        "torchsae.modular",
+    ),
     "torchsae/train": (
         "torchsae.export",
         "torchsae.convert",
         "torchsae.merge",
         "torchsae.cli",
+        "torchsae.modular",
         "torchsae.demo",
     ),
     "torchsae/export": (
