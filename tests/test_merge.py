@@ -426,3 +426,20 @@ def _has_imageio_ffmpeg() -> bool:
     except ImportError:
         return False
     return True
+
+
+def test_progress_is_whole_lines_when_stderr_is_not_a_terminal(monkeypatch: pytest.MonkeyPatch) -> None:
+    """docker logs / nohup / SLURM read plain lines, not one long carriage-return line."""
+    import io
+    import sys
+
+    from torchsae.merge import run as merge_run
+
+    captured = io.StringIO()
+    monkeypatch.setattr(sys, "stderr", captured)
+    bar = merge_run._progress(3, "frame", True)
+    for _ in range(3):
+        bar.update(1)
+    bar.close()
+    text = captured.getvalue()
+    assert "\r" not in text and text.endswith("\n") and "3/3" in text.splitlines()[-1]

@@ -10,7 +10,6 @@ source frame's name, so a rerun skips frames that already exist (``overwrite`` r
 
 from __future__ import annotations
 
-import os
 import shutil
 import sys
 import time
@@ -48,15 +47,37 @@ def default_workers() -> int:
     return max(1, min(8, cpu_cores()))
 
 
+class _LineStream:
+    """tqdm's status as whole lines (a log file, docker logs, SLURM): ``\r``-rewrites become new lines."""
+
+    def __init__(self, stream) -> None:
+        self.stream = stream
+
+    def write(self, text: str) -> None:
+        text = text.replace("\r", "").rstrip()
+        if text:
+            self.stream.write(text + "\n")
+
+    def flush(self) -> None:
+        self.stream.flush()
+
+
 def _progress(total: int, unit: str, enabled: bool):
+    """A bar with frames/s and ETA on a terminal; one plain line every 30 s otherwise (the trainer's
+    ``--progress auto`` rule, ``TORCHSAE_NO_PROGRESS=1`` included)."""
     from tqdm import tqdm
 
+    from torchsae.train.report import resolve_progress
+
+    bar = resolve_progress("auto", sys.stderr) == "bar"
     return tqdm(
         total=total,
         unit=unit,
-        dynamic_ncols=True,
-        file=sys.stderr,
-        disable=not enabled or os.environ.get("TORCHSAE_NO_PROGRESS") == "1",
+        dynamic_ncols=bar,
+        ncols=None if bar else 100,
+        mininterval=0.1 if bar else 30.0,
+        file=sys.stderr if bar else _LineStream(sys.stderr),
+        disable=not enabled,
     )
 
 

@@ -233,6 +233,14 @@ def snapshots(models_dir: str | Path) -> list[tuple[int, Path]]:
     return retained_checkpoints(Path(models_dir) / SNAPSHOT_DIR)
 
 
+def stored_step(path: str | Path) -> int | None:
+    """The step a checkpoint file holds (memory-mapped read), or None when it cannot be read."""
+    try:
+        return int(read_checkpoint(path, mmap=True).step)
+    except (CheckpointError, TypeError, ValueError):
+        return None
+
+
 def list_checkpoints(models_dir: str | Path) -> list[tuple[str, int, Path]]:
     """Every checkpoint of a run as ``(kind, step, path)``, kind ``last``, ``copy`` or ``snapshot``.
 
@@ -244,11 +252,8 @@ def list_checkpoints(models_dir: str | Path) -> list[tuple[str, int, Path]]:
     found += [("snapshot", s, p) for s, p in snapshots(models_dir)]
     last = models_dir / LAST_NAME
     if last.is_file():
-        try:
-            last_step = int(read_checkpoint(last, mmap=True).step)
-        except (CheckpointError, TypeError, ValueError):
-            last_step = -1
-        found.append(("last", last_step, last))
+        last_step = stored_step(last)
+        found.append(("last", -1 if last_step is None else last_step, last))
     order = {"snapshot": 0, "copy": 1, "last": 2}
     return sorted(found, key=lambda item: (item[1], order[item[0]]))
 
@@ -363,11 +368,8 @@ def older_resume_note(models_dir: str | Path, resume: str | Path, step: int) -> 
     resume = Path(resume)
     if not last.is_file() or (resume.exists() and resume.samefile(last)):
         return None
-    try:
-        last_step = int(read_checkpoint(last, mmap=True).step)
-    except (CheckpointError, TypeError, ValueError):
-        return None
-    if last_step <= step:
+    last_step = stored_step(last)
+    if last_step is None or last_step <= step:
         return None
     return (
         f"Note: {resume} (step {step}) is older than {last} (step {last_step}); this run's saves "
