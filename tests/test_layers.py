@@ -14,55 +14,20 @@ import pytest
 
 ROOT = Path(__file__).parent.parent
 
+# each layer may import only what lies below it (docs/INTERFACES.md, "Layers"); a layer's banned set is
+# everything above it
+_ABOVE_EXPORT = ("torchsae.convert", "torchsae.merge", "torchsae.modular", "torchsae.demo", "torchsae.cli")
+_ABOVE_TRAIN = ("torchsae.export", *_ABOVE_EXPORT)
+_ABOVE_PIPELINES = ("torchsae.train", *_ABOVE_TRAIN)
+_ABOVE_MODELS = ("torchsae.optim", "torchsae.losses", "pipelines", *_ABOVE_PIPELINES)
+
 # package (folder under the repository) -> module prefixes it must never import
 RULES = {
-    "torchsae/dfl": (
-        "torch",
-        "torchsae.models",
-        "torchsae.optim",
-        "torchsae.losses",
-        "torchsae.train",
-        "torchsae.export",
-        "torchsae.convert",
-        "torchsae.merge",
-        "torchsae.cli",
-        "torchsae.modular",
-        "pipelines",
-    ),
-    "torchsae/models": (
-        "torchsae.optim",
-        "torchsae.losses",
-        "torchsae.train",
-        "torchsae.export",
-        "torchsae.convert",
-        "torchsae.merge",
-        "torchsae.cli",
-        "torchsae.modular",
-        "pipelines",
-    ),
-    "pipelines": (
-        "torchsae.train",
-        "torchsae.export",
-        "torchsae.convert",
-        "torchsae.merge",
-        "torchsae.cli",
-        "torchsae.modular",
-    ),
-    "torchsae/train": (
-        "torchsae.export",
-        "torchsae.convert",
-        "torchsae.merge",
-        "torchsae.cli",
-        "torchsae.modular",
-        "torchsae.demo",
-    ),
-    "torchsae/export": (
-        "torchsae.convert",
-        "torchsae.merge",
-        "torchsae.cli",
-        "torchsae.demo",
-        "torchsae.modular",
-    ),
+    "torchsae/dfl": ("torch", "torchsae.models", *_ABOVE_MODELS),
+    "torchsae/models": _ABOVE_MODELS,
+    "pipelines": _ABOVE_PIPELINES,
+    "torchsae/train": _ABOVE_TRAIN,
+    "torchsae/export": _ABOVE_EXPORT,
 }
 
 
